@@ -1,0 +1,319 @@
+"""Loading and saving GPT models: HF GPT-2 state dicts, hub names, local files and directories.
+
+Layout on disk (a directory): `config.json` + `model.safetensors`.
+
+- Dense models are written exactly as Hugging Face writes GPT-2 (`model_type: gpt2`, keys
+  `transformer.*`, Conv1D weights stored (in, out), tied `lm_head` left out), so
+  `transformers.GPT2LMHeadModel.from_pretrained(dir)` loads them.
+- Compressed models use the same keys and layout for their dense parts, keep the Kronecker
+  factors as `...mlp.c_fc.A`, `.B`, `.scalars`, `.bias`, and record each factored layer's
+  shape under `krony_kronecker` in `config.json`. Their `model_type` is `krony_gpt2`, so
+  `transformers` refuses them instead of silently loading random FFN weights: call
+  `krony.decompress(model)` first to hand a model to `transformers`.
+
+HF's GPT-2 uses Conv1D, whose weight is the transpose of `nn.Linear`'s; exactly these four
+weights are transposed between the layouts: `attn.c_attn`, `attn.c_proj`, `mlp.c_fc`,
+`mlp.c_proj` (when dense). The causal-mask buffers `attn.bias` / `attn.masked_bias` of old
+checkpoints are skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from krony.compress import kronecker_layers, replace_module
+from krony.kronecker import KroneckerLinear
+from krony.model import GPT, GPTConfig
+
+TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+"""HF Conv1D weights, stored (in, out): transposed to and from our (out, in)."""
+SKIPPED = (".attn.bias", ".attn.masked_bias")
+"""Causal-mask buffers in old HF checkpoints; not parameters."""
+
+HUB_REPOS = {
+    "gpt2": "openai-community/gpt2",
+    "gpt2-medium": "openai-community/gpt2-medium",
+    "gpt2-large": "openai-community/gpt2-large",
+    "gpt2-xl": "openai-community/gpt2-xl",
+    "distilgpt2": "distilbert/distilgpt2",
+}
+"""Short names and the hub repositories they resolve to."""
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+KRONECKER_KEY = "krony_kronecker"
+
+
+# ---------------------------------------------------------------- state dict conversion
+
+
+def from_hf_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """HF GPT-2 keys and layout (`GPT2LMHeadModel` or bare `GPT2Model`) -> ours.
+
+    Adds the `transformer.` prefix where missing, transposes the Conv1D weights, drops the
+    causal-mask buffers. Kronecker factors (`.A`, `.B`, `.scalars`) pass unchanged.
+    """
+    out = {}
+    for key, value in sd.items():
+        if key.endswith(SKIPPED):
+            continue
+        if not key.startswith(("transformer.", "lm_head.")):
+            key = "transformer." + key
+        if key.endswith(TRANSPOSED) and value.ndim == 2:
+            value = value.t()
+        out[key] = value
+    return out
+
+
+def to_hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
+    """Our state dict -> HF GPT-2 layout: Conv1D weights transposed, tied `lm_head` left out.
+
+    Tensors are contiguous copies, ready for safetensors.
+    """
+    out = {}
+    for key, value in model.state_dict().items():
+        if key == "lm_head.weight" and model.config.tie_embeddings:
+            continue
+        if key.endswith(TRANSPOSED):
+            value = value.t()
+        out[key] = value.detach().contiguous().clone()
+    return out
+
+
+def load_state_dict_checked(model: nn.Module, sd: dict[str, torch.Tensor]) -> None:
+    """`load_state_dict` that raises a ValueError listing missing and unexpected keys and shape mismatches."""
+    expected = model.state_dict()
+    if getattr(model, "config", None) is not None and model.config.tie_embeddings:
+        expected.pop("lm_head.weight", None)
+        sd = {k: v for k, v in sd.items() if k != "lm_head.weight"}
+    missing = sorted(set(expected) - set(sd))
+    unexpected = sorted(set(sd) - set(expected))
+    mismatched = [
+        f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in sorted(set(sd) & set(expected))
+        if tuple(sd[k].shape) != tuple(expected[k].shape)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing keys ({len(missing)}): {_short_list(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys ({len(unexpected)}): {_short_list(unexpected)}")
+    if mismatched:
+        problems.append(f"shape mismatches ({len(mismatched)}): {_short_list(mismatched)}")
+    if problems:
+        raise ValueError("state dict does not fit the model: " + "; ".join(problems))
+    model.load_state_dict(sd, strict=False)
+
+
+def _short_list(items: list[str], limit: int = 12) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
+
+
+# ---------------------------------------------------------------- configs
+
+
+def hf_config_dict(model: GPT) -> dict[str, Any]:
+    """config.json for `model`: HF GPT-2 fields, plus the factored layers of a compressed model."""
+    c = model.config
+    d: dict[str, Any] = {
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "vocab_size": c.vocab_size,
+        "n_positions": c.block_size,
+        "n_ctx": c.block_size,
+        "n_embd": c.n_embd,
+        "n_layer": c.n_layer,
+        "n_head": c.n_head,
+        "n_inner": c.n_inner,
+        "activation_function": "gelu_new",
+        "resid_pdrop": c.dropout,
+        "embd_pdrop": c.dropout,
+        "attn_pdrop": c.dropout,
+        "layer_norm_epsilon": c.layer_norm_eps,
+        "initializer_range": 0.02,
+        "bos_token_id": 50256,
+        "eos_token_id": 50256,
+        "tie_word_embeddings": c.tie_embeddings,
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+    }
+    layers = kronecker_spec(model)
+    if layers:
+        d["architectures"] = ["KronyGPT"]
+        d["model_type"] = "krony_gpt2"
+        d[KRONECKER_KEY] = layers
+    return d
+
+
+def kronecker_spec(model: nn.Module) -> dict[str, dict[str, Any]]:
+    """{module name: {a_dims, factors, scalars, bias}} for every `KroneckerLinear` in `model`."""
+    return {
+        name: {
+            "in_features": m.in_features,
+            "out_features": m.out_features,
+            "a_dims": list(m.a_dims),
+            "factors": m.factors,
+            "scalars": m.scalars is not None,
+            "bias": m.bias is not None,
+        }
+        for name, m in kronecker_layers(model).items()
+    }
+
+
+def config_from_hf(d: dict[str, Any], **overrides: Any) -> GPTConfig:
+    """GPTConfig from an HF GPT-2 config.json dict. Dropout is a training choice: it is not
+    read from the file (default 0.0) and is set through `overrides`."""
+    if d.get("model_type") not in ("gpt2", "krony_gpt2"):
+        raise ValueError(f"config.json has model_type {d.get('model_type')!r}; only GPT-2 checkpoints are supported")
+    act = d.get("activation_function", "gelu_new")
+    if act not in ("gelu_new", "gelu_pytorch_tanh"):
+        raise ValueError(f"activation_function {act!r} is not supported; GPT-2 uses gelu_new")
+    base = dict(
+        block_size=d["n_positions"],
+        vocab_size=d["vocab_size"],
+        n_layer=d["n_layer"],
+        n_head=d["n_head"],
+        n_embd=d["n_embd"],
+        n_inner=d.get("n_inner"),
+        layer_norm_eps=d.get("layer_norm_epsilon", 1e-5),
+        tie_embeddings=d.get("tie_word_embeddings", True),
+    )
+    return GPTConfig(**{**base, **overrides})
+
+
+def config_from_state_dict(sd: dict[str, torch.Tensor], **overrides: Any) -> GPTConfig:
+    """Infer a GPT-2 config from our-layout weights when no config.json is at hand (head dim 64)."""
+    try:
+        vocab, n_embd = sd["transformer.wte.weight"].shape
+        block_size = sd["transformer.wpe.weight"].shape[0]
+    except KeyError as e:
+        raise ValueError(f"cannot infer a GPT-2 config: the weights have no {e.args[0]}; add a config.json") from None
+    layers = {int(m.group(1)) for k in sd if (m := re.match(r"transformer\.h\.(\d+)\.", k))}
+    fc = sd.get("transformer.h.0.mlp.c_fc.weight")
+    base = dict(
+        block_size=block_size,
+        vocab_size=vocab,
+        n_layer=max(layers) + 1 if layers else 0,
+        n_head=max(1, n_embd // 64),
+        n_embd=n_embd,
+        n_inner=None if fc is None or fc.shape[0] == 4 * n_embd else fc.shape[0],
+        tie_embeddings="lm_head.weight" not in sd,
+    )
+    return GPTConfig(**{**base, **overrides})
+
+
+# ---------------------------------------------------------------- files
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors of a .safetensors file, a sharded index, or a torch file (loaded with weights_only=True)."""
+    from safetensors.torch import load_file
+
+    if path.name.endswith(".index.json"):
+        shards = sorted(set(json.loads(path.read_text())["weight_map"].values()))
+        return {k: v for shard in shards for k, v in load_file(path.parent / shard).items()}
+    if path.suffix == ".safetensors":
+        return load_file(path)
+    sd = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(sd, dict):
+        raise ValueError(f"{path} holds a {type(sd).__name__}, not a state dict")
+    return sd.get("state_dict", sd)
+
+
+def _resolve_local(path: Path) -> tuple[Path, Path | None]:
+    """(weights file, config.json or None) for a local directory or weights file."""
+    if path.is_dir():
+        for name in WEIGHT_FILES:
+            if (path / name).exists():
+                cfg = path / "config.json"
+                return path / name, cfg if cfg.exists() else None
+        raise ValueError(f"no weights in directory {path}: expected one of {', '.join(WEIGHT_FILES)}")
+    cfg = path.parent / "config.json"
+    return path, cfg if cfg.exists() else None
+
+
+def _download(name: str) -> tuple[Path, Path]:
+    """Fetch config.json and model.safetensors of a hub model (cached by huggingface_hub)."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled, RepositoryNotFoundError
+
+    repo = HUB_REPOS.get(name, name)
+    try:
+        cfg = hf_hub_download(repo, "config.json")
+        weights = hf_hub_download(repo, "model.safetensors")
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled) as e:
+        raise ValueError(
+            f"could not reach the Hugging Face hub for {name!r} (repo {repo}) and no cached copy exists "
+            f"({type(e).__name__}). Offline, load a local copy instead: GPT.from_pretrained('/path/to/dir') "
+            f"with config.json and model.safetensors in it (save one where you have internet with "
+            f"GPT.from_pretrained({name!r}).save_pretrained('/path/to/dir'))."
+        ) from e
+    except RepositoryNotFoundError as e:
+        raise ValueError(
+            f"{name!r} is neither a local path nor a hub repository; short names: {', '.join(HUB_REPOS)}"
+        ) from e
+    return Path(weights), Path(cfg)
+
+
+def load_model(name_or_path: str | os.PathLike, **overrides: Any) -> GPT:
+    """A GPT from a local directory or weights file, or else a hub name; see `GPT.from_pretrained`."""
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        weights, cfg_path = _resolve_local(path)
+    elif _looks_like_path(str(name_or_path)):
+        raise ValueError(f"no such file or directory: {path}")
+    else:
+        weights, cfg_path = _download(str(name_or_path))
+    sd = from_hf_state_dict(read_weights(weights))
+    cfg_dict = json.loads(cfg_path.read_text()) if cfg_path else {}
+    config = config_from_hf(cfg_dict, **overrides) if cfg_dict else config_from_state_dict(sd, **overrides)
+    model = GPT(config)
+    for name, spec in cfg_dict.get(KRONECKER_KEY, {}).items():
+        replace_module(model, name, KroneckerLinear(**spec))
+    load_state_dict_checked(model, sd)
+    return model
+
+
+def _looks_like_path(s: str) -> bool:
+    """Hub ids are "name" or "org/name"; anything else that does not exist is a missing path."""
+    return s.startswith((".", "/", "~")) or s.count("/") > 1 or s.endswith((".safetensors", ".bin", ".pt", ".json"))
+
+
+def save_model(model: GPT, directory: str | os.PathLike) -> Path:
+    """Write config.json + model.safetensors into `directory` (created); atomic per file."""
+    from safetensors.torch import save_file
+
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    _atomic_write(out / "model.safetensors", lambda tmp: save_file(to_hf_state_dict(model), tmp, metadata={"format": "pt"}))
+    text = json.dumps(hf_config_dict(model), indent=2) + "\n"
+    _atomic_write(out / "config.json", lambda tmp: Path(tmp).write_text(text))
+    return out
+
+
+def _atomic_write(target: Path, write: Callable[[str], Any]) -> None:
+    tmp = target.with_name(target.name + ".tmp")
+    write(str(tmp))
+    os.replace(tmp, target)
+
+
+__all__ = [
+    "HUB_REPOS",
+    "TRANSPOSED",
+    "config_from_hf",
+    "config_from_state_dict",
+    "from_hf_state_dict",
+    "hf_config_dict",
+    "kronecker_spec",
+    "load_model",
+    "load_state_dict_checked",
+    "read_weights",
+    "save_model",
+    "to_hf_state_dict",
+]

@@ -1,0 +1,166 @@
+"""Initialisations of Kronecker factors from a dense weight (DESIGN section 3).
+
+Every function takes a weight W in `nn.Linear` layout (out, in) = (m1*m2, n1*n2),
+the A dims (m1, n1) and the number of factors r, and returns `(A, B, s)` with
+shapes (r, m1, n1), (r, m2, n2), (r,) such that W ~= sum_i s_i kron(A_i, B_i).
+They are registered by name in `INITS` so configs can pick one.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import torch
+from einops import rearrange
+
+from krony.kronecker import check_dims, kron_weight
+
+Factors = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def _check_factors(factors: int) -> int:
+    if int(factors) != factors or factors < 1:
+        raise ValueError(f"factors must be an integer >= 1, got {factors!r}")
+    return int(factors)
+
+
+def vanloan(
+    W: torch.Tensor,
+    a_dims: tuple[int, int],
+    factors: int = 1,
+    normalize: bool = False,
+    svd: str = "exact",
+    niter: int = 2,
+) -> Factors:
+    """Van Loan: the Frobenius-optimal sum of r Kronecker products via an SVD of the rearranged W.
+
+    W (m1*m2, n1*n2) is rearranged to R (m1*n1, m2*n2), whose rank-1 terms are
+    vec(A_i) vec(B_i)^T; the top-r singular triplets give A_i = sqrt(s_i) u_i and
+    B_i = sqrt(s_i) v_i. The error ||W - W_hat||_F equals the norm of the discarded
+    singular values.
+
+    Args:
+        normalize: adaptive normalisation: scale so that ||W_hat||_F = ||W||_F; the factor
+            is returned in `s` (a layer without learnable scalars folds it into A).
+        svd: "exact" (`torch.linalg.svd`, deterministic) or "lowrank" (`torch.svd_lowrank`
+            with q=r, randomized through the global RNG, as the authors' code did).
+        niter: subspace iterations of the "lowrank" SVD.
+    """
+    factors = _check_factors(factors)
+    m1, n1 = a_dims
+    m2, n2 = check_dims(W.shape[0], W.shape[1], a_dims, "weight")
+    if factors > min(m1 * n1, m2 * n2):
+        raise ValueError(
+            f"vanloan can give at most min(m1*n1, m2*n2) = {min(m1 * n1, m2 * n2)} factors "
+            f"for A ({m1}, {n1}), B ({m2}, {n2}); got factors={factors}"
+        )
+    R = rearrange(W.detach().double(), "(m1 m2) (n1 n2) -> (m1 n1) (m2 n2)", m1=m1, m2=m2, n1=n1, n2=n2)
+    if svd == "exact":
+        U, S, Vh = torch.linalg.svd(R, full_matrices=False)
+        U, S, V = U[:, :factors], S[:factors], Vh[:factors].mT
+    elif svd == "lowrank":
+        U, S, V = torch.svd_lowrank(R, q=factors, niter=niter)
+    else:
+        raise ValueError(f"unknown svd {svd!r}; valid choices: exact, lowrank")
+    root = S.sqrt()
+    A = rearrange(U * root, "(m1 n1) r -> r m1 n1", m1=m1, n1=n1)  # (r, m1, n1)
+    B = rearrange(V * root, "(m2 n2) r -> r m2 n2", m2=m2, n2=n2)  # (r, m2, n2)
+    s = torch.ones(factors, dtype=torch.float64, device=W.device)
+    if normalize:
+        approx = kron_weight(A, B).norm()
+        if approx > 0:
+            s = s * (W.detach().double().norm() / approx)
+    return A.to(W.dtype), B.to(W.dtype), s.to(W.dtype)
+
+
+def default_offsets(b_dims: tuple[int, int], factors: int) -> list[tuple[int, int]]:
+    """The first r positions of B in row-major order: (0, 0), (0, 1), ..."""
+    m2, n2 = b_dims
+    return [divmod(k, n2) for k in range(factors)]
+
+
+def prune(
+    W: torch.Tensor,
+    a_dims: tuple[int, int],
+    factors: int = 1,
+    offsets: Sequence[Sequence[int]] | None = None,
+    fill: float = 0.0,
+) -> Factors:
+    """Pruning init: keep interleaved sub-matrices of W, one per factor.
+
+    For B of shape (m2, n2) and offset (p, q): A = W[p::m2, q::n2] and B is 1 at (p, q)
+    and `fill` elsewhere (the paper used 0 and 0.1). With fill = 0 the factor keeps exactly
+    the entries W[i1*m2 + p, j1*n2 + q]; with r = m2*n2 distinct offsets it rebuilds W.
+
+    Args:
+        offsets: r distinct (p, q) with 0 <= p < m2, 0 <= q < n2; default the first r in
+            row-major order, so r=1 keeps the even rows of a (2, 1) B ("B = [1, 0]^T").
+        fill: value of the entries of B other than (p, q).
+    """
+    factors = _check_factors(factors)
+    m1, n1 = a_dims
+    m2, n2 = check_dims(W.shape[0], W.shape[1], a_dims, "weight")
+    if factors > m2 * n2:
+        raise ValueError(f"prune can give at most m2*n2 = {m2 * n2} factors for B ({m2}, {n2}); got factors={factors}")
+    offs = [tuple(int(v) for v in o) for o in offsets] if offsets is not None else default_offsets((m2, n2), factors)
+    if len(offs) != factors or len(set(offs)) != factors:
+        raise ValueError(f"prune needs {factors} distinct offsets, got {offs}")
+    for p, q in offs:
+        if not (0 <= p < m2 and 0 <= q < n2):
+            raise ValueError(f"prune offset ({p}, {q}) is outside B of shape ({m2}, {n2})")
+    Wd = W.detach()
+    A = torch.stack([Wd[p::m2, q::n2] for p, q in offs])  # (r, m1, n1)
+    B = torch.full((factors, m2, n2), float(fill), dtype=W.dtype, device=W.device)
+    for i, (p, q) in enumerate(offs):
+        B[i, p, q] = 1.0
+    return A.clone(), B, torch.ones(factors, dtype=W.dtype, device=W.device)
+
+
+def random_std(std: float, factors: int) -> float:
+    """Std of each factor's entries so that sum of r products A_i kron B_i has entries of std `std`."""
+    return math.sqrt(std / math.sqrt(factors))
+
+
+def random_factors(
+    W: torch.Tensor,
+    a_dims: tuple[int, int],
+    factors: int = 1,
+    std: float = 0.02,
+    generator: torch.Generator | None = None,
+) -> Factors:
+    """Random normal factors; only W's shape, dtype and device are used.
+
+    Each entry of A kron B is a product of two independent N(0, sigma^2) draws, whose std is
+    sigma^2; summing r of them multiplies it by sqrt(r). sigma = sqrt(std / sqrt(r)) gives
+    GPT-2's 0.02 for the full weight (the paper's "fair comparison").
+    """
+    factors = _check_factors(factors)
+    m1, n1 = a_dims
+    m2, n2 = check_dims(W.shape[0], W.shape[1], a_dims, "weight")
+    sigma = random_std(std, factors)
+    kw = {"dtype": W.dtype, "device": W.device, "generator": generator}
+    A = torch.randn(factors, m1, n1, **kw) * sigma
+    B = torch.randn(factors, m2, n2, **kw) * sigma
+    return A, B, torch.ones(factors, dtype=W.dtype, device=W.device)
+
+
+InitFn = Callable[..., Factors]
+
+INITS: dict[str, InitFn] = {
+    "vanloan": vanloan,
+    "prune": prune,
+    "random": random_factors,
+}
+
+
+def get_init(name: str | InitFn) -> InitFn:
+    """An init function by name (`INITS`) or the callable itself."""
+    if callable(name):
+        return name
+    if name not in INITS:
+        raise ValueError(f"unknown init {name!r}; valid choices: {', '.join(INITS)}")
+    return INITS[name]
+
+
+__all__ = ["INITS", "default_offsets", "get_init", "prune", "random_factors", "random_std", "vanloan"]

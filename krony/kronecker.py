@@ -1,0 +1,263 @@
+"""The Kronecker-factored linear layer and the cost model that picks its forward path.
+
+A weight W of shape (out, in) = (m1*m2, n1*n2) is replaced by
+
+    W = sum_i s_i * kron(A_i, B_i)        A_i: (m1, n1), B_i: (m2, n2)
+
+and applied to a token x of `in` features without building W:
+
+              n2                 n2          m2                  m2
+          +--------+         +--------+   +-----+            +------+
+     n1   |   X    |  ->  m1 |  A @ X |   | B^T | n2  =   m1 |  Y   |
+          +--------+         +--------+   +-----+            +------+
+      x reshaped (n1, n2)     A: (m1, n1)                  y reshaped (m1, m2)
+
+    Y = A @ X @ B^T   i.e.  y[i1*m2 + i2] = sum_{j1, j2} A[i1, j1] B[i2, j2] x[j1*n2 + j2]
+
+The two matrix products can be taken in either order, or W can be built once
+per call and used in one dense matmul. Per token and factor, in multiply-adds:
+
+    "b_first" (X @ B^T, then A @ .):   n1*n2*m2 + m1*n1*m2
+    "a_first" (A @ X, then . @ B^T):   m1*n1*n2 + m1*n2*m2
+    "dense"   (W @ x, W built once):   m1*m2*n1*n2   (not multiplied by r)
+
+The factored paths cost r times their count with r factors. `choose_path`
+picks the cheapest; building W (r*m1*m2*n1*n2 per call) is spread over all
+the tokens of a call and left out of the count.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Path = Literal["b_first", "a_first", "dense"]
+PATHS: tuple[str, ...] = ("b_first", "a_first", "dense")
+
+
+def path_costs(m1: int, n1: int, m2: int, n2: int, factors: int = 1) -> dict[str, int]:
+    """Multiply-adds per token of each forward path for A (m1, n1), B (m2, n2) and r factors."""
+    return {
+        "b_first": factors * (n1 * n2 * m2 + m1 * n1 * m2),
+        "a_first": factors * (m1 * n1 * n2 + m1 * n2 * m2),
+        "dense": m1 * m2 * n1 * n2,
+    }
+
+
+def choose_path(m1: int, n1: int, m2: int, n2: int, factors: int = 1) -> str:
+    """The cheapest path by `path_costs`; ties go to the factored paths, b_first first."""
+    costs = path_costs(m1, n1, m2, n2, factors)
+    return min(PATHS, key=lambda p: costs[p])  # min keeps the first of equal costs
+
+
+def kron_weight(A: torch.Tensor, B: torch.Tensor, scalars: torch.Tensor | None = None) -> torch.Tensor:
+    """sum_i s_i * kron(A_i, B_i) for A (r, m1, n1), B (r, m2, n2), scalars (r,) -> (m1*m2, n1*n2)."""
+    r, m1, n1 = A.shape
+    _, m2, n2 = B.shape
+    if scalars is not None:
+        A = A * scalars.view(r, 1, 1)
+    W = torch.einsum("rac,rbd->abcd", A, B)  # (m1, m2, n1, n2)
+    return W.reshape(m1 * m2, n1 * n2)
+
+
+def kron_matmul(
+    x: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    scalars: torch.Tensor | None = None,
+    path: str = "b_first",
+) -> torch.Tensor:
+    """y = x @ W^T with W = sum_i s_i kron(A_i, B_i), computed along `path`; no bias.
+
+    x: (..., n1*n2), A: (r, m1, n1), B: (r, m2, n2), scalars: (r,) or None -> (..., m1*m2).
+    """
+    r, m1, n1 = A.shape
+    _, m2, n2 = B.shape
+    lead = x.shape[:-1]
+    if path == "dense":
+        return F.linear(x, kron_weight(A, B, scalars))
+    X = x.reshape(-1, n1, n2)  # (N, n1, n2)
+    N = X.shape[0]
+    if path == "b_first":
+        # scalars ride on A; one GEMM for X @ B_i^T over all factors at once
+        As = A if scalars is None else A * scalars.view(r, 1, 1)
+        T = X @ B.reshape(r * m2, n2).mT  # (N, n1, r*m2)
+        if r > 1:
+            T = T.view(N, n1, r, m2).transpose(1, 2).reshape(N, r * n1, m2)  # (N, r*n1, m2)
+        A_cat = As.transpose(0, 1).reshape(m1, r * n1)  # (m1, r*n1)
+        Y = A_cat @ T  # (N, m1, m2)
+    elif path == "a_first":
+        # scalars ride on B; one GEMM for (A_i @ X) @ B_i^T over all factors at once
+        Bs = B if scalars is None else B * scalars.view(r, 1, 1)
+        T = A.reshape(r * m1, n1) @ X  # (N, r*m1, n2)
+        if r > 1:
+            T = T.view(N, r, m1, n2).transpose(1, 2).reshape(N, m1, r * n2)  # (N, m1, r*n2)
+        B_cat = Bs.transpose(0, 1).reshape(m2, r * n2)  # (m2, r*n2)
+        Y = T @ B_cat.mT  # (N, m1, m2)
+    else:
+        raise ValueError(f"unknown path {path!r}; valid paths: {', '.join(PATHS)}")
+    return Y.reshape(*lead, m1 * m2)  # (..., out)
+
+
+def check_dims(out_features: int, in_features: int, a_dims: tuple[int, int], what: str = "matrix") -> tuple[int, int]:
+    """B dims (m2, n2) for A dims (m1, n1) of an (out, in) matrix; ValueError if they do not divide it."""
+    m1, n1 = (int(d) for d in a_dims)
+    if m1 < 1 or n1 < 1 or out_features % m1 or in_features % n1:
+        raise ValueError(
+            f"A dims ({m1}, {n1}) do not divide the {what} of shape (out={out_features}, in={in_features}): "
+            f"m1 must divide {out_features} and n1 must divide {in_features} "
+            f"(for example m1 in {_some_divisors(out_features)}, n1 in {_some_divisors(in_features)})"
+        )
+    return out_features // m1, in_features // n1
+
+
+def _some_divisors(n: int, limit: int = 12) -> str:
+    divs = [d for d in range(1, n + 1) if n % d == 0]
+    shown = divs if len(divs) <= limit else divs[: limit // 2] + ["..."] + divs[-limit // 2 :]
+    return "{" + ", ".join(str(d) for d in shown) + "}"
+
+
+class KroneckerLinear(nn.Module):
+    """A linear layer whose weight is sum_i s_i * kron(A_i, B_i), in `nn.Linear` layout (out, in).
+
+    Args:
+        in_features: n1 * n2.
+        out_features: m1 * m2.
+        a_dims: (m1, n1), the shape of each A_i; B_i is (out/m1, in/n1).
+        factors: r >= 1, the number of Kronecker products summed.
+        scalars: learn one scalar s_i per factor (initialised to 1); off means s_i = 1 fixed.
+        bias: add a learnable bias of `out_features`.
+        path: "auto" (cheapest by `path_costs`), "b_first", "a_first" or "dense".
+
+    Parameters: `A` (r, m1, n1), `B` (r, m2, n2), `scalars` (r,) when enabled, `bias` (out,).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        a_dims: tuple[int, int],
+        factors: int = 1,
+        scalars: bool = False,
+        bias: bool = True,
+        path: str = "auto",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if int(factors) < 1:
+            raise ValueError(f"factors must be >= 1, got {factors}")
+        m2, n2 = check_dims(out_features, in_features, a_dims)
+        self.in_features, self.out_features = in_features, out_features
+        self.m1, self.n1 = int(a_dims[0]), int(a_dims[1])
+        self.m2, self.n2 = m2, n2
+        self.factors = int(factors)
+        kw = {"device": device, "dtype": dtype}
+        self.A = nn.Parameter(torch.empty(self.factors, self.m1, self.n1, **kw))
+        self.B = nn.Parameter(torch.empty(self.factors, m2, n2, **kw))
+        self.scalars = nn.Parameter(torch.ones(self.factors, **kw)) if scalars else None
+        self.bias = nn.Parameter(torch.zeros(out_features, **kw)) if bias else None
+        self.path = path  # validated by the setter below
+        self.reset_parameters()
+
+    @property
+    def path(self) -> str:
+        """The forward path: "auto" or one of `PATHS`."""
+        return self._path
+
+    @path.setter
+    def path(self, value: str) -> None:
+        if value != "auto" and value not in PATHS:
+            raise ValueError(f"unknown path {value!r}; valid paths: auto, {', '.join(PATHS)}")
+        self._path = value
+
+    @property
+    def a_dims(self) -> tuple[int, int]:
+        return (self.m1, self.n1)
+
+    @property
+    def b_dims(self) -> tuple[int, int]:
+        return (self.m2, self.n2)
+
+    @property
+    def chosen_path(self) -> str:
+        """The path forward takes: `path` unless it is "auto", then the cheapest by the cost model."""
+        if self._path != "auto":
+            return self._path
+        return choose_path(self.m1, self.n1, self.m2, self.n2, self.factors)
+
+    def reset_parameters(self, std: float = 0.02) -> None:
+        """Random factors whose Kronecker sum has entries of standard deviation `std`."""
+        if self.A.is_meta:
+            return
+        from krony.inits import random_std
+
+        factor_std = random_std(std, self.factors)
+        with torch.no_grad():
+            self.A.normal_(0.0, factor_std)
+            self.B.normal_(0.0, factor_std)
+            if self.scalars is not None:
+                self.scalars.fill_(1.0)
+            if self.bias is not None:
+                self.bias.zero_()
+
+    def forward(self, x: torch.Tensor, path: str | None = None) -> torch.Tensor:
+        """x: (..., in_features) -> (..., out_features); `path` overrides the layer's path for this call."""
+        y = kron_matmul(x, self.A, self.B, self.scalars, path or self.chosen_path)
+        return y if self.bias is None else y + self.bias
+
+    def to_dense(self) -> torch.Tensor:
+        """The full weight sum_i s_i kron(A_i, B_i), shape (out_features, in_features)."""
+        return kron_weight(self.A, self.B, self.scalars)
+
+    def to_linear(self) -> nn.Linear:
+        """An `nn.Linear` with the same weight and bias (a copy, detached from this layer)."""
+        lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
+                        device=self.A.device, dtype=self.A.dtype)
+        with torch.no_grad():
+            lin.weight.copy_(self.to_dense())
+            if self.bias is not None:
+                lin.bias.copy_(self.bias)
+        return lin
+
+    @torch.no_grad()
+    def load_factors(self, A: torch.Tensor, B: torch.Tensor, s: torch.Tensor | None = None) -> None:
+        """Copy factors in: A (r, m1, n1), B (r, m2, n2), s (r,). Without learnable scalars, s is folded into A."""
+        if tuple(A.shape) != tuple(self.A.shape) or tuple(B.shape) != tuple(self.B.shape):
+            raise ValueError(
+                f"factor shapes A {tuple(A.shape)}, B {tuple(B.shape)} do not match the layer's "
+                f"A {tuple(self.A.shape)}, B {tuple(self.B.shape)}"
+            )
+        if s is None:
+            s = torch.ones(self.factors, dtype=A.dtype, device=A.device)
+        if self.scalars is not None:
+            self.A.copy_(A)
+            self.scalars.copy_(s)
+        else:
+            self.A.copy_(A * s.view(-1, 1, 1).to(A))
+        self.B.copy_(B)
+
+    def num_multiply_adds(self) -> int:
+        """Multiply-adds per token of the chosen path (what FLOP counts should use: 2x this)."""
+        return path_costs(self.m1, self.n1, self.m2, self.n2, self.factors)[self.chosen_path]
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"A=({self.m1}, {self.n1}), B=({self.m2}, {self.n2}), factors={self.factors}, "
+            f"scalars={self.scalars is not None}, bias={self.bias is not None}, path={self.chosen_path}"
+        )
+
+
+__all__ = [
+    "KroneckerLinear",
+    "PATHS",
+    "check_dims",
+    "choose_path",
+    "kron_matmul",
+    "kron_weight",
+    "path_costs",
+]

@@ -1,0 +1,196 @@
+"""GPT-2 in plain PyTorch, with the Hugging Face parameter names.
+
+Module names equal the HF checkpoint's (`transformer.wte`, `transformer.h.{i}.attn.c_attn`,
+`transformer.h.{i}.mlp.c_fc`, ...), so a compressed `c_fc` is a `KroneckerLinear` at the
+same place and state-dict keys stay readable. Weights are in `nn.Linear` layout (out, in);
+HF's Conv1D weights are transposed on the way in and out (see `krony.checkpoint`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class GPTConfig:
+    """Shape and regularisation of a GPT-2 model."""
+
+    block_size: int = 1024
+    """Context length: the number of learned positions (HF `n_positions`)."""
+    vocab_size: int = 50257
+    """Token vocabulary (GPT-2 BPE: 50257)."""
+    n_layer: int = 12
+    """Transformer blocks."""
+    n_head: int = 12
+    """Attention heads per block; must divide `n_embd`."""
+    n_embd: int = 768
+    """Residual width d."""
+    n_inner: int | None = None
+    """FFN width; None means 4 * n_embd (3072 for GPT-2 small)."""
+    dropout: float = 0.0
+    """Dropout on embeddings, attention probabilities and residual branches (the paper used 0)."""
+    layer_norm_eps: float = 1e-5
+    """LayerNorm epsilon (HF `layer_norm_epsilon`)."""
+    tie_embeddings: bool = True
+    """Share `wte` and `lm_head` weights, as GPT-2 does."""
+
+    def __post_init__(self) -> None:
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_head={self.n_head} must divide n_embd={self.n_embd}")
+        for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def ffn_dim(self) -> int:
+        return self.n_inner or 4 * self.n_embd
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> "GPTConfig":
+        """A named size ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "distilgpt2") with overrides."""
+        key = name.split("/")[-1].lower()
+        if key not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; valid choices: {', '.join(PRESETS)}")
+        return cls(**{**PRESETS[key], **overrides})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "GPTConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown GPTConfig keys {unknown}; valid keys: {sorted(known)}")
+        return cls(**d)
+
+
+PRESETS: dict[str, dict[str, int]] = {
+    "gpt2": dict(n_layer=12, n_head=12, n_embd=768),  # 124M
+    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),  # 350M
+    "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280),  # 774M
+    "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600),  # 1558M
+    "distilgpt2": dict(n_layer=6, n_head=12, n_embd=768),  # 82M
+}
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.n_head = config.n_head
+        self.dropout = config.dropout
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)  # q, k, v for all heads at once
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd)
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        y = F.scaled_dot_product_attention(
+            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
+        )  # (B, nh, T, hs)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    """c_fc -> GELU (tanh, GPT-2's "gelu_new") -> c_proj; either may be a `KroneckerLinear`."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.c_fc: nn.Module = nn.Linear(config.n_embd, config.ffn_dim)
+        self.c_proj: nn.Module = nn.Linear(config.ffn_dim, config.n_embd)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    """GPT-2 language model: `forward(idx, targets=None) -> (logits, loss)`."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(config.vocab_size, config.n_embd),
+                wpe=nn.Embedding(config.block_size, config.n_embd),
+                drop=nn.Dropout(config.dropout),
+                h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+                ln_f=nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps),
+            )
+        )
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.transformer.wte.weight
+        self.apply(self._init_weights)
+        # GPT-2's scaled init of the projections into the residual stream
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """idx (B, T) token ids -> logits (B, T, vocab); loss is the mean CE against `targets`
+        (B, T), where target -100 is ignored, or None without targets."""
+        B, T = idx.shape
+        if T > self.config.block_size:
+            raise ValueError(f"sequence length {T} exceeds the model's context of {self.config.block_size}")
+        pos = torch.arange(T, device=idx.device)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
+        for block in self.transformer.h:
+            x = block(x)
+        logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, vocab)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-100)
+        return logits, loss
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path, **config_overrides: Any) -> "GPT":
+        """Load a hub name ("gpt2", "distilgpt2", "org/name"), a local directory or a weights file.
+
+        Dense HF GPT-2 checkpoints and krony's own compressed exports both load;
+        `config_overrides` (e.g. `dropout=0.1`) replace fields of the stored config.
+        """
+        from krony.checkpoint import load_model
+
+        return load_model(name_or_path, **config_overrides)
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write `model.safetensors` + `config.json`; a dense model in the HF GPT-2 layout."""
+        from krony.checkpoint import save_model
+
+        return save_model(self, directory)

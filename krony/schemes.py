@@ -1,0 +1,112 @@
+"""The compression schemes of the paper's Table 1 and Table 2, by name and by A dims.
+
+A scheme is the shape of A for `c_fc`, (m1, n1); `c_proj`, the transposed matrix, uses
+A = (n1, m1). The table below is the only place the rows are written; everything else
+(names by dims, B dims, parameter counts) is derived from it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from krony.kronecker import check_dims
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """One row of Table 1: the A dims of `c_fc`, and the name the paper uses for it, if any."""
+
+    a_dims: tuple[int, int]
+    """(m1, n1): the shape of each A for `c_fc` (out=4d, in=d); `c_proj` uses (n1, m1)."""
+    name: str = ""
+    """The paper's name for the row ("67m", "81m", ...); rows without one go by dims."""
+
+    @property
+    def key(self) -> str:
+        """The registry key: the name, or "m1x n1" dims such as "64x48"."""
+        return self.name or dims_key(self.a_dims)
+
+    def a_dims_for(self, module: str) -> tuple[int, int]:
+        """A dims for `c_fc` or `c_proj` (the transposed shape)."""
+        if module == "c_fc":
+            return self.a_dims
+        if module == "c_proj":
+            return (self.a_dims[1], self.a_dims[0])
+        raise ValueError(f"unknown FFN module {module!r}; valid choices: c_fc, c_proj")
+
+    def b_dims_for(self, module: str, n_embd: int = 768, n_inner: int = 3072) -> tuple[int, int]:
+        """B dims (m2, n2) of `module` in a model of width `n_embd` and FFN width `n_inner`."""
+        out, inp = (n_inner, n_embd) if module == "c_fc" else (n_embd, n_inner)
+        return check_dims(out, inp, self.a_dims_for(module), f"{module} weight")
+
+    def params_per_matrix(self, factors: int = 1, n_embd: int = 768, n_inner: int = 3072) -> int:
+        """Factor parameters of one FFN matrix (no scalars, no bias): r * (m1*n1 + m2*n2)."""
+        m2, n2 = self.b_dims_for("c_fc", n_embd, n_inner)
+        return factors * (self.a_dims[0] * self.a_dims[1] + m2 * n2)
+
+
+def dims_key(a_dims: tuple[int, int]) -> str:
+    return f"{a_dims[0]}x{a_dims[1]}"
+
+
+# Table 1 (A dims of c_fc for GPT-2 small), in the paper's order; rows sharing a line there
+# have the same parameter count. Named rows carry the paper's name.
+_TABLE: list[tuple[tuple[int, int], str]] = [
+    ((64, 32), "67m"),
+    ((64, 48), ""), ((96, 32), ""),
+    ((64, 64), ""), ((128, 32), ""),
+    ((96, 48), ""),
+    ((96, 64), ""), ((128, 48), ""),
+    ((128, 64), ""),
+    ((96, 96), ""), ((192, 48), ""),
+    ((128, 96), ""), ((192, 64), ""),
+    ((128, 128), ""),
+    ((256, 64), "mf1"),
+    ((1024, 256), "mf2"),
+    ((768, 384), ""),
+    ((1024, 384), ""),
+    ((768, 768), "81m"),
+    ((1536, 384), "81m_alt"),
+    ((1024, 768), ""),
+    ((1536, 768), "96m"),
+    ((3072, 768), "gpt2"),
+]
+
+TABLE1: tuple[Scheme, ...] = tuple(Scheme(dims, name) for dims, name in _TABLE)
+"""Every row of Table 1, in the paper's order."""
+
+SCHEMES: dict[str, Scheme] = {}
+"""Every Table-1 row by name ("81m") and by A dims ("768x768"); named rows appear under both."""
+for _s in TABLE1:
+    if _s.name:
+        SCHEMES[_s.name] = _s
+    SCHEMES[dims_key(_s.a_dims)] = _s
+
+
+def get_scheme(scheme: str | Scheme | tuple[int, int] | list[int]) -> Scheme:
+    """A scheme by name ("81m"), dims key ("768x768"), (m1, n1) pair, or a `Scheme` itself.
+
+    Dims outside Table 1 are accepted as a custom scheme; whether they divide a given
+    matrix is checked when a layer is built.
+    """
+    if isinstance(scheme, Scheme):
+        return scheme
+    if isinstance(scheme, (tuple, list)):
+        if len(scheme) != 2 or not all(isinstance(d, int) and d > 0 for d in scheme):
+            raise ValueError(f"scheme dims must be two positive integers (m1, n1), got {scheme!r}")
+        dims = (int(scheme[0]), int(scheme[1]))
+        return SCHEMES.get(dims_key(dims), Scheme(dims))
+    key = str(scheme).strip().lower().replace("(alt)", "_alt").replace(" ", "")
+    if key in SCHEMES:
+        return SCHEMES[key]
+    parts = key.split("x")
+    if len(parts) == 2 and all(p.isdigit() and int(p) > 0 for p in parts):
+        return Scheme((int(parts[0]), int(parts[1])))
+    names = [s.name for s in TABLE1 if s.name]
+    raise ValueError(
+        f"unknown scheme {scheme!r}; valid names: {', '.join(names)}; "
+        f"or A dims of c_fc as 'm1xn1' (Table 1 rows: {', '.join(dims_key(s.a_dims) for s in TABLE1)})"
+    )
+
+
+__all__ = ["SCHEMES", "TABLE1", "Scheme", "dims_key", "get_scheme"]

@@ -1,0 +1,156 @@
+"""KroneckerLinear against F.linear with the materialised kron(A, B), on every path."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from krony import KroneckerLinear, choose_path, kron_weight, path_costs
+from krony.kronecker import PATHS, kron_matmul
+
+# (m1, n1, m2, n2): square and not, B of 1xk and kx1, A of 1xk and kx1
+SHAPES = [(4, 3, 2, 5), (6, 2, 1, 4), (3, 5, 4, 1), (1, 4, 3, 2), (5, 1, 2, 3), (2, 2, 2, 2), (8, 4, 3, 3)]
+
+
+def reference(x, layer):
+    W = sum(
+        (layer.scalars[i] if layer.scalars is not None else 1.0) * torch.kron(layer.A[i], layer.B[i])
+        for i in range(layer.factors)
+    )
+    return F.linear(x, W, layer.bias)
+
+
+@pytest.mark.parametrize("m1,n1,m2,n2", SHAPES)
+@pytest.mark.parametrize("factors", [1, 2, 3, 4])
+@pytest.mark.parametrize("scalars", [False, True])
+def test_forward_matches_materialised_kron(m1, n1, m2, n2, factors, scalars):
+    torch.manual_seed(factors)
+    layer = KroneckerLinear(n1 * n2, m1 * m2, (m1, n1), factors=factors, scalars=scalars)
+    with torch.no_grad():
+        layer.bias.normal_()
+        if scalars:
+            layer.scalars.normal_()
+    for x in (torch.randn(7, n1 * n2), torch.randn(2, 5, n1 * n2)):  # 2-D and 3-D inputs
+        expected = reference(x, layer)
+        for path in PATHS:
+            y = layer(x, path=path)
+            assert y.shape == (*x.shape[:-1], m1 * m2)
+            torch.testing.assert_close(y, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_to_dense_is_the_scaled_kron_sum():
+    torch.manual_seed(0)
+    layer = KroneckerLinear(6, 8, (4, 2), factors=3, scalars=True)
+    with torch.no_grad():
+        layer.scalars.copy_(torch.tensor([0.5, -2.0, 3.0]))
+    expected = sum(s * torch.kron(a, b) for s, a, b in zip(layer.scalars, layer.A, layer.B))
+    torch.testing.assert_close(layer.to_dense(), expected)
+    torch.testing.assert_close(kron_weight(layer.A, layer.B, layer.scalars), expected)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("scalars", [False, True])
+def test_gradcheck_float64(path, scalars):
+    torch.manual_seed(0)
+    A = torch.randn(2, 3, 2, dtype=torch.float64, requires_grad=True)
+    B = torch.randn(2, 2, 3, dtype=torch.float64, requires_grad=True)
+    s = torch.randn(2, dtype=torch.float64, requires_grad=True) if scalars else None
+    x = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
+    inputs = (x, A, B, s) if scalars else (x, A, B)
+    assert torch.autograd.gradcheck(lambda *t: kron_matmul(*t[:3], t[3] if scalars else None, path=path), inputs)
+
+
+def test_gradients_agree_across_paths():
+    torch.manual_seed(0)
+    layer = KroneckerLinear(12, 12, (4, 3), factors=2, scalars=True).double()
+    x = torch.randn(5, 12, dtype=torch.float64)
+    grads = {}
+    for path in PATHS:
+        layer.zero_grad()
+        layer(x, path=path).square().sum().backward()
+        grads[path] = [p.grad.clone() for p in (layer.A, layer.B, layer.scalars, layer.bias)]
+    for path in PATHS[1:]:
+        for g0, g in zip(grads[PATHS[0]], grads[path]):
+            torch.testing.assert_close(g, g0)
+
+
+def test_cost_model_counts():
+    # 81m c_fc: A (768, 768), B (4, 1)
+    costs = path_costs(768, 768, 4, 1)
+    assert costs == {"b_first": 768 * 4 + 768 * 768 * 4, "a_first": 768 * 768 + 768 * 4, "dense": 3072 * 768}
+    assert path_costs(4, 3, 2, 5, factors=3)["a_first"] == 3 * path_costs(4, 3, 2, 5)["a_first"]
+    assert path_costs(4, 3, 2, 5, factors=3)["dense"] == path_costs(4, 3, 2, 5)["dense"]
+
+
+@pytest.mark.parametrize("m1,n1,m2,n2", SHAPES + [(768, 768, 4, 1), (64, 32, 48, 24), (1024, 256, 3, 3), (3072, 768, 1, 1)])
+@pytest.mark.parametrize("factors", [1, 2, 4])
+def test_auto_path_is_the_cheapest(m1, n1, m2, n2, factors):
+    layer = KroneckerLinear(n1 * n2, m1 * m2, (m1, n1), factors=factors, device="meta")
+    costs = path_costs(m1, n1, m2, n2, factors)
+    assert layer.chosen_path == choose_path(m1, n1, m2, n2, factors)
+    assert costs[layer.chosen_path] == min(costs.values())
+    assert layer.num_multiply_adds() == min(costs.values())
+
+
+def test_paper_cases_pick_the_expected_path():
+    assert choose_path(768, 768, 4, 1) == "a_first"  # 81m: A @ X first is 4x cheaper
+    assert choose_path(3072, 768, 1, 1) == "dense"  # B = 1x1 is the dense matrix
+    assert choose_path(1024, 256, 3, 3, factors=3) == "dense"  # mf2 with 3 factors: factored costs more
+    assert choose_path(64, 32, 48, 24) != "dense"
+
+
+def test_path_override_and_validation():
+    layer = KroneckerLinear(6, 8, (4, 2), path="dense")
+    assert layer.chosen_path == "dense"
+    layer.path = "auto"
+    assert layer.chosen_path == choose_path(4, 2, 2, 3)
+    with pytest.raises(ValueError, match="valid paths"):
+        layer.path = "fastest"
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(in_features=768, out_features=3072, a_dims=(100, 32)), "do not divide"),
+        (dict(in_features=768, out_features=3072, a_dims=(64, 7)), "n1 must divide 768"),
+        (dict(in_features=8, out_features=8, a_dims=(2, 2), factors=0), "factors must be >= 1"),
+    ],
+)
+def test_bad_layer_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        KroneckerLinear(**kwargs)
+
+
+def test_load_factors_folds_scalars_when_off():
+    torch.manual_seed(0)
+    A, B, s = torch.randn(2, 4, 2), torch.randn(2, 2, 3), torch.tensor([2.0, -1.0])
+    on = KroneckerLinear(6, 8, (4, 2), factors=2, scalars=True)
+    off = KroneckerLinear(6, 8, (4, 2), factors=2, scalars=False)
+    on.load_factors(A, B, s)
+    off.load_factors(A, B, s)
+    torch.testing.assert_close(on.to_dense(), off.to_dense())
+    with pytest.raises(ValueError, match="do not match"):
+        off.load_factors(A[:1], B, s)
+
+
+def test_to_linear_copies_weight_and_bias():
+    torch.manual_seed(0)
+    layer = KroneckerLinear(6, 8, (4, 2), factors=2, scalars=True)
+    lin = layer.to_linear()
+    x = torch.randn(3, 6)
+    torch.testing.assert_close(lin(x), layer(x))
+
+
+def test_random_init_std_matches_gpt2():
+    torch.manual_seed(0)
+    for factors in (1, 4):
+        layer = KroneckerLinear(768, 3072, (64, 32), factors=factors)
+        assert abs(layer.to_dense().std().item() - 0.02) < 0.002
+
+
+def test_dtype_and_bias_off():
+    layer = KroneckerLinear(6, 8, (4, 2), bias=False, dtype=torch.float64)
+    assert layer.bias is None and layer.A.dtype == torch.float64
+    x = torch.randn(2, 6, dtype=torch.float64)
+    torch.testing.assert_close(layer(x), x @ layer.to_dense().T)
+    assert "A=(4, 2), B=(2, 3)" in repr(layer)
+
