@@ -1,0 +1,146 @@
+"""Streaming token blocks: tokenise documents, add EOT, pack into blocks of context + 1.
+
+Work is split over `world_size * num_workers` shards (DDP rank x dataloader worker):
+
+- when the source has a multiple of that many files, each shard reads its own files;
+- otherwise every shard reads all files and keeps one document in n.
+
+Either way no training document reaches two shards. The validation slice is the first
+`val_documents` documents of file 0 (in file order, never shuffled); the training stream skips
+them, so no validation text is trained on.
+
+        documents --tokenise + EOT--> token stream --cut every block_size+1--> blocks
+        [d0 d1 d2 ...]                [t t t EOT t t EOT ...]                     |
+                                                                 shuffle buffer (seeded)
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Iterator
+
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from krony.data.sources import TextSource
+from krony.tokenizer import encode_document
+
+
+def shard_of(rank: int, world_size: int) -> tuple[int, int]:
+    """(shard index, shard count) of the calling dataloader worker under DDP rank `rank`."""
+    info = get_worker_info()
+    workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
+    return rank * workers + worker, world_size * workers
+
+
+def pack(token_lists: Iterator[list[int]], length: int) -> Iterator[list[int]]:
+    """Concatenate token lists and cut them into consecutive, non-overlapping pieces of `length`;
+    the incomplete tail is dropped."""
+    buf: list[int] = []
+    for ids in token_lists:
+        buf.extend(ids)
+        while len(buf) >= length:
+            yield buf[:length]
+            del buf[:length]
+
+
+def shuffled(items: Iterator[list[int]], buffer_size: int, rng: random.Random) -> Iterator[list[int]]:
+    """Shuffle a stream through a buffer of `buffer_size` items (no shuffle when it is <= 1)."""
+    if buffer_size <= 1:
+        yield from items
+        return
+    buf: list[list[int]] = []
+    for item in items:
+        if len(buf) < buffer_size:
+            buf.append(item)
+            continue
+        j = rng.randrange(buffer_size)
+        yield buf[j]
+        buf[j] = item
+    rng.shuffle(buf)
+    yield from buf
+
+
+class PackedBlocks(IterableDataset):
+    """Blocks of `block_size + 1` token ids (int64 tensors) from a `TextSource`.
+
+    Args:
+        source: where the documents come from.
+        block_size: model context; each block holds block_size + 1 tokens (inputs and shifted targets).
+        split: "train" (endless: epochs follow each other, reshuffled) or "val" (one pass).
+        val_documents: documents at the start of file 0 held out for validation.
+        shuffle_buffer: blocks in the shuffle buffer (train only; 0 or 1: no shuffle).
+        seed: seeds file order and buffer; the same seed and sharding give the same blocks.
+        rank, world_size: DDP position (set by the data module).
+        epochs: stop after this many passes (None: endless; val always makes one pass).
+    """
+
+    def __init__(
+        self,
+        source: TextSource,
+        block_size: int,
+        split: str = "train",
+        val_documents: int = 1000,
+        shuffle_buffer: int = 1000,
+        seed: int = 1337,
+        rank: int = 0,
+        world_size: int = 1,
+        epochs: int | None = None,
+    ) -> None:
+        if split not in ("train", "val"):
+            raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+        self.source, self.block_size, self.split = source, block_size, split
+        self.val_documents, self.shuffle_buffer, self.seed = val_documents, shuffle_buffer, seed
+        self.rank, self.world_size, self.epochs = rank, world_size, epochs
+
+    def documents(self, shard: int, num_shards: int, epoch: int = 0, shuffle_files: bool = True) -> Iterator[str]:
+        """The documents shard `shard` of `num_shards` reads in `epoch` (files in seeded order, or
+        in source order without `shuffle_files`)."""
+        if self.split == "val":
+            for j, text in enumerate(self.source.iter_file(0)):
+                if j >= self.val_documents:
+                    return
+                if j % num_shards == shard:
+                    yield text
+            return
+        files = list(range(self.source.num_files))
+        if shuffle_files:
+            random.Random(self.seed * 1_000_003 + epoch).shuffle(files)
+        by_file = len(files) % num_shards == 0
+        mine = files[shard::num_shards] if by_file else files
+        count = 0  # training documents seen so far, in the order every shard reads them
+        for f in mine:
+            for j, text in enumerate(self.source.iter_file(f)):
+                if f == 0 and j < self.val_documents:
+                    continue
+                if by_file or count % num_shards == shard:
+                    yield text
+                count += 1
+
+    def blocks(self, shard: int, num_shards: int) -> Iterator[list[int]]:
+        """Token blocks of one shard, over all epochs."""
+        epoch = 0
+        while self.epochs is None or epoch < self.epochs:
+            docs = self.documents(shard, num_shards, epoch)
+            packed = pack(map(encode_document, docs), self.block_size + 1)
+            if self.split == "val":
+                yield from packed
+                return
+            rng = random.Random(f"{self.seed}-{epoch}-{shard}-{num_shards}")
+            n = 0
+            for n, block in enumerate(shuffled(packed, self.shuffle_buffer, rng), 1):
+                yield block
+            if n == 0:
+                raise ValueError(
+                    f"shard {shard} of {num_shards} got no training block of {self.block_size + 1} tokens: "
+                    f"too little text for this block size, rank and worker count"
+                )
+            epoch += 1
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        shard, num_shards = shard_of(self.rank, self.world_size)
+        for block in self.blocks(shard, num_shards):
+            yield torch.tensor(block, dtype=torch.long)
+
+
+__all__ = ["PackedBlocks", "pack", "shard_of", "shuffled"]

@@ -1,0 +1,111 @@
+"""Build the student (and the teacher, when distilling) from a model config: load, compress, freeze."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from krony.compress import compress, count_params
+from krony.model import GPT, CausalSelfAttention, GPTConfig
+
+KINDS = ("krony", "distil", "dense")
+DISTILGPT2_LAYERS = [0, 2, 4, 7, 9, 11]
+
+
+@dataclass
+class ModelConfig:
+    """The model a run trains: which teacher checkpoint, and what student is made of it."""
+
+    kind: str = "krony"
+    """krony (compress the teacher's FFNs) | distil (keep some teacher blocks) | dense (the teacher as is)."""
+    teacher: str | None = "gpt2"
+    """Hub name or local path of the dense checkpoint; None: random weights from `teacher_config`."""
+    teacher_config: dict[str, Any] | None = None
+    """For teacher=None: {"preset": "gpt2", ...GPTConfig overrides}, e.g. n_layer=2 for smoke runs."""
+    scheme: str = "81m"
+    """krony: Table-1 name or "m1xn1" A dims of c_fc."""
+    init: str = "vanloan"
+    """krony: vanloan | prune | random."""
+    init_options: dict[str, Any] = field(default_factory=dict)
+    """krony: options of the init, e.g. {normalize: true} or {fill: 0.1}."""
+    factors: int = 1
+    """krony: Kronecker products per matrix (r)."""
+    scalars: bool = False
+    """krony: learnable scalar per factor."""
+    layers: Any = "all"
+    """krony: blocks to compress: all | odd | even | a list of indices."""
+    student_layers: list[int] = field(default_factory=lambda: list(DISTILGPT2_LAYERS))
+    """distil: teacher blocks copied into the student (DistilGPT2: 0, 2, 4, 7, 9, 11)."""
+    dropout: float = 0.0
+    """Dropout of the student during training (the paper used 0)."""
+    compile: bool = False
+    """torch.compile the student's forward."""
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"model.kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
+        if self.teacher is None and not self.teacher_config:
+            raise ValueError("model.teacher is null: set model.teacher_config (a preset and overrides) for random weights")
+
+
+def load_teacher(cfg: ModelConfig, seed: int = 0) -> GPT:
+    """The dense checkpoint: loaded from `cfg.teacher`, or random weights from `cfg.teacher_config`."""
+    if cfg.teacher is not None:
+        try:
+            return GPT.from_pretrained(cfg.teacher)
+        except ValueError as e:
+            raise ValueError(f"model.teacher={cfg.teacher!r}: {e} Or run offline with experiment=smoke.") from e
+    overrides = dict(cfg.teacher_config or {})
+    preset = overrides.pop("preset", "gpt2")
+    torch.manual_seed(seed)
+    return GPT(GPTConfig.from_preset(preset, **overrides))
+
+
+def distil_student(teacher: GPT, layers: list[int]) -> GPT:
+    """A shallower GPT initialised from the teacher's embeddings, `ln_f` and the chosen blocks."""
+    bad = [i for i in layers if not 0 <= i < teacher.config.n_layer]
+    if bad or not layers:
+        raise ValueError(f"model.student_layers {layers}: the teacher has blocks 0..{teacher.config.n_layer - 1}")
+    config = GPTConfig(**{**teacher.config.to_dict(), "n_layer": len(layers)})
+    student = GPT(config)
+    sd = {k: v for k, v in teacher.state_dict().items() if not k.startswith("transformer.h.")}
+    for new, old in enumerate(layers):
+        prefix = f"transformer.h.{old}."
+        sd.update({f"transformer.h.{new}." + k[len(prefix):]: v for k, v in teacher.state_dict().items() if k.startswith(prefix)})
+    student.load_state_dict(sd)
+    return student
+
+
+def set_dropout(model: GPT, p: float) -> None:
+    """Change every dropout probability of `model` in place."""
+    model.config.dropout = p
+    for m in model.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = p
+        elif isinstance(m, CausalSelfAttention):
+            m.dropout = p
+
+
+def build_student(cfg: ModelConfig, seed: int = 0, keep_teacher: bool = False) -> tuple[GPT, GPT | None, int]:
+    """(student, teacher if `keep_teacher` else None, teacher parameter count)."""
+    teacher = load_teacher(cfg, seed).eval()
+    teacher_params = count_params(teacher)
+    if cfg.kind == "distil":
+        student = distil_student(teacher, cfg.student_layers)
+    else:
+        student = copy.deepcopy(teacher) if keep_teacher else teacher
+        if cfg.kind == "krony":
+            compress(student, cfg.scheme, cfg.init, cfg.factors, cfg.scalars, cfg.layers, progress=True, **cfg.init_options)
+    set_dropout(student, cfg.dropout)
+    student.train()
+    if keep_teacher:
+        teacher.requires_grad_(False)
+        return student, teacher, teacher_params
+    return student, None, teacher_params
+
+
+__all__ = ["DISTILGPT2_LAYERS", "KINDS", "ModelConfig", "build_student", "distil_student", "load_teacher", "set_dropout"]

@@ -1,0 +1,88 @@
+"""Callbacks: tokens/s, the HParams summary with final metrics, and the export of the best model."""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
+
+from krony.checkpoint import load_state_dict_checked
+
+
+class TokensPerSecond(L.Callback):
+    """Logs `train/tokens_per_sec`: tokens of all ranks per second of wall time between steps."""
+
+    def __init__(self, every_n_steps: int = 10) -> None:
+        self.every_n_steps = every_n_steps
+        self._t0: float | None = None
+        self._tokens0 = 0
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        now = time.perf_counter()
+        if self._t0 is None:  # the first step includes start-up: start the clock after it
+            self._t0, self._tokens0 = now, module.tokens_seen
+            return
+        if trainer.global_step % self.every_n_steps == 0 and now > self._t0:
+            rate = (module.tokens_seen - self._tokens0) / (now - self._t0)
+            module.log("train/tokens_per_sec", rate, on_step=True, on_epoch=False)
+            self._t0, self._tokens0 = now, module.tokens_seen
+
+
+class HParamsSummary(L.Callback):
+    """At the end of fit (or validate), writes the run's hparams together with its final metrics,
+    so TensorBoard's HParams tab compares the runs of a sweep."""
+
+    def _write(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        best = module.best_val_loss if math.isfinite(module.best_val_loss) else metrics.get("val/loss", math.nan)
+        summary = {
+            "hp/best_val_loss": best,
+            "hp/best_val_ppl": math.exp(min(best, 30)) if math.isfinite(best) else math.nan,
+            "hp/final_val_loss": metrics.get("val/loss", math.nan),
+            "hp/params": float(module.summary_hparams()["params"]),
+        }
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.log_hyperparams(module.summary_hparams(), summary)
+            else:
+                logger.log_hyperparams(module.summary_hparams())
+                logger.log_metrics(summary, step=trainer.global_step)
+            logger.save()
+
+    @rank_zero_only
+    def on_fit_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._write(trainer, module)
+
+    @rank_zero_only
+    def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if trainer.state.fn == "validate":  # a validate-only run (pretrained baseline)
+            self._write(trainer, module)
+
+
+class ExportModel(L.Callback):
+    """At the end of fit, saves the best-by-validation student (else the last) with
+    `save_pretrained` into `dirpath`; `krony.GPT.from_pretrained(dirpath)` loads it."""
+
+    def __init__(self, dirpath: str) -> None:
+        self.dirpath = dirpath
+
+    @rank_zero_only
+    def on_fit_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        best = getattr(trainer.checkpoint_callback, "best_model_path", "") if trainer.checkpoint_callback else ""
+        student = module.student
+        if best and Path(best).exists():
+            state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+            weights = {k.removeprefix("student."): v for k, v in state.items() if k.startswith("student.")}
+            student = copy.deepcopy(module.student).cpu()  # same structure, compressed layers included
+            load_state_dict_checked(student, weights)
+        student.save_pretrained(self.dirpath)
+
+
+__all__ = ["ExportModel", "HParamsSummary", "TokensPerSecond"]

@@ -1,0 +1,170 @@
+"""The LightningModule: a thin shell over `build_student`, the losses and the optimizer.
+
+One class serves Krony-PT, multi-factor Kronecker with scalars, the DistilGPT2 baseline and
+dense GPT-2: what differs is the `model` config (kind, scheme, factors, scalars, student layers)
+and whether `distill` is on. It receives plain dicts, so `save_hyperparameters` stores a readable
+config, never a pickled network.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict
+from typing import Any
+
+import lightning as L
+import torch
+from torchmetrics import MeanMetric
+
+from krony.compress import count_params, kronecker_layers
+from krony.train.build import ModelConfig, build_student
+from krony.train.freeze import FreezeConfig, apply_freeze
+from krony.train.losses import DistillConfig, distillation_loss, lm_loss
+from krony.train.optim import OptimConfig, build_optimizer
+
+
+class LanguageModelModule(L.LightningModule):
+    """Trains `self.student` on batches of (B, T + 1) token ids; optional teacher distillation.
+
+    Args:
+        model, optim, freeze, distill: fields of `ModelConfig`, `OptimConfig`, `FreezeConfig`, `DistillConfig`.
+        seed: seeds random teacher weights and random inits.
+        log_scalars_every: steps between logs of the Kronecker scalars.
+    """
+
+    def __init__(
+        self,
+        model: dict[str, Any],
+        optim: dict[str, Any] | None = None,
+        freeze: dict[str, Any] | None = None,
+        distill: dict[str, Any] | None = None,
+        seed: int = 1337,
+        log_scalars_every: int = 50,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(logger=False)
+        self.model_cfg = ModelConfig(**model)
+        self.optim_cfg = OptimConfig(**(optim or {}))
+        self.freeze_cfg = FreezeConfig(**(freeze or {}))
+        self.distill_cfg = DistillConfig(**(distill or {}))
+        self.log_scalars_every = log_scalars_every
+        self.student, teacher, self.teacher_params = build_student(self.model_cfg, seed, keep_teacher=self.distill_cfg.enabled)
+        self._teacher = [teacher] if teacher is not None else []  # a list: not a submodule, so not checkpointed
+        self.frozen = apply_freeze(self.student, self.freeze_cfg)
+        if self.model_cfg.compile:
+            self.student.compile()
+        self.val_loss = MeanMetric()
+        self.best_val_loss = math.inf
+        self.tokens_seen = 0
+
+    @property
+    def teacher(self):
+        return self._teacher[0] if self._teacher else None
+
+    # ------------------------------------------------------------------ steps
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.student(idx)[0]
+
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        x, y = batch[:, :-1], batch[:, 1:]  # (B, T) each
+        if self.teacher is None:
+            loss = lm_loss(self.student(x)[0], y)
+            parts = {}
+        else:
+            want_hidden = self.distill_cfg.alpha_cos > 0
+            with torch.no_grad():
+                t_hidden = self.teacher.hidden_states(x)
+                t_logits = self.teacher.lm_head(t_hidden)
+            s_hidden = self.student.hidden_states(x)
+            out = distillation_loss(
+                self.distill_cfg, self.student.lm_head(s_hidden), t_logits, y,
+                s_hidden if want_hidden else None, t_hidden if want_hidden else None,
+            )
+            loss = out.pop("loss")
+            parts = {f"train/{k}": v for k, v in out.items()}
+        self.tokens_seen += x.numel() * self.trainer.world_size
+        self.log_dict(
+            {"train/loss": loss, "train/ppl": torch.exp(loss.detach().clamp(max=30)), **parts},
+            prog_bar=True, on_step=True, on_epoch=False,
+        )
+        self.log("train/tokens", float(self.tokens_seen), on_step=True, on_epoch=False)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
+        return loss
+
+    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+        x, y = batch[:, :-1], batch[:, 1:]
+        self.val_loss.update(lm_loss(self.student(x)[0], y), weight=y.numel())
+
+    def on_validation_epoch_end(self) -> None:
+        if self.val_loss.update_count == 0:
+            return
+        loss = self.val_loss.compute()
+        self.val_loss.reset()
+        self.log_dict({"val/loss": loss, "val/ppl": torch.exp(loss.clamp(max=30))}, prog_bar=True, sync_dist=False)
+        if not self.trainer.sanity_checking:
+            self.best_val_loss = min(self.best_val_loss, loss.item())
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.log_scalars_every and self.global_step % self.log_scalars_every == 0:
+            self.log_dict(self.scalar_values(), on_step=True, on_epoch=False)
+
+    # ------------------------------------------------------------------ setup
+
+    def on_fit_start(self) -> None:
+        if self.teacher is not None:
+            self.teacher.to(self.device)
+        if self.logger is not None:
+            self.logger.log_metrics(self.size_metrics(), step=0)
+
+    def on_validation_start(self) -> None:
+        if self.teacher is not None:
+            self.teacher.to(self.device)
+
+    def configure_optimizers(self):
+        total = self.trainer.max_steps if self.trainer.max_steps and self.trainer.max_steps > 0 else 10**9
+        opt, sched = build_optimizer(self.student, self.optim_cfg, total, on_cuda=self.device.type == "cuda")
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # ------------------------------------------------------------------ what gets logged
+
+    def scalar_values(self) -> dict[str, float]:
+        """{"scalars/h{i}.{c_fc|c_proj}/{k}": s_k} for every Kronecker layer with scalars."""
+        out = {}
+        for name, layer in kronecker_layers(self.student).items():
+            if layer.scalars is not None:
+                short = name.replace("transformer.", "").replace(".mlp", "").replace("h.", "h")
+                out.update({f"scalars/{short}/{k}": s.item() for k, s in enumerate(layer.scalars.detach())})
+        return out
+
+    def size_metrics(self) -> dict[str, float]:
+        params = count_params(self.student)
+        return {
+            "model/params": float(params),
+            "model/params_no_output_embedding": float(count_params(self.student, "no_output_embedding")),
+            "model/compression_ratio": self.teacher_params / params,
+            "model/frozen_params": float(sum(p.numel() for p in self.student.parameters() if not p.requires_grad)),
+        }
+
+    def summary_hparams(self) -> dict[str, Any]:
+        """Flat, readable hyperparameters for the TensorBoard HParams tab."""
+        m = self.model_cfg
+        frozen = [k for k, v in asdict(self.freeze_cfg).items() if v not in (False, None)]
+        return {
+            "kind": m.kind,
+            "teacher": str(m.teacher),
+            "scheme": m.scheme if m.kind == "krony" else "-",
+            "init": m.init if m.kind == "krony" else "-",
+            "init_options": str(m.init_options),
+            "factors": m.factors if m.kind == "krony" else 0,
+            "scalars": bool(m.scalars) if m.kind == "krony" else False,
+            "layers": str(m.layers),
+            "freeze": ",".join(frozen) or "none",
+            "distill": self.distill_cfg.enabled,
+            "lr": self.optim_cfg.lr,
+            "schedule": self.optim_cfg.schedule,
+            "params": count_params(self.student),
+        }
+
+
+__all__ = ["LanguageModelModule"]

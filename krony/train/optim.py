@@ -1,0 +1,101 @@
+"""AdamW with parameter groups and the learning-rate schedules (constant, cosine, warm-up-stable-decay)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from krony.kronecker import KroneckerLinear
+
+SCHEDULES = ("constant", "cosine", "wsd")
+
+
+@dataclass
+class OptimConfig:
+    """AdamW and its schedule. Defaults follow the paper's code (DESIGN section 4)."""
+
+    lr: float = 6e-4
+    """Peak learning rate."""
+    min_lr: float = 6e-5
+    """Floor of the cosine and wsd schedules."""
+    weight_decay: float = 0.1
+    """Decoupled weight decay on weight matrices and Kronecker factors only."""
+    betas: tuple[float, float] = (0.9, 0.95)
+    """AdamW betas."""
+    eps: float = 1e-8
+    """AdamW epsilon."""
+    schedule: str = "cosine"
+    """constant | cosine (warm-up then cosine to min_lr) | wsd (warm-up, stable, decay to min_lr)."""
+    warmup_steps: int = 0
+    """Linear warm-up from 0 to lr."""
+    decay_fraction: float = 0.2
+    """wsd: fraction of the total steps spent decaying at the end."""
+    fused: bool | None = None
+    """Fused AdamW kernel; None: on when training on CUDA."""
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(self.betas)
+        if self.lr <= 0:
+            raise ValueError(f"optim.lr must be > 0, got {self.lr}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"optim.schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if not 0 <= self.decay_fraction <= 1:
+            raise ValueError(f"optim.decay_fraction must be in [0, 1], got {self.decay_fraction}")
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two AdamW groups: decay on `nn.Linear` weights and Kronecker factors A, B; none on biases,
+    norms, embeddings and scalars. Selected by module type, not by parameter name."""
+    decay: dict[int, nn.Parameter] = {}
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            decay[id(module.weight)] = module.weight
+        elif isinstance(module, KroneckerLinear):
+            decay[id(module.A)], decay[id(module.B)] = module.A, module.B
+    # embeddings are not decayed, the output embedding (lm_head, tied or not) included
+    for module in model.modules():
+        if isinstance(module, nn.Embedding):
+            decay.pop(id(module.weight), None)
+    head = getattr(model, "lm_head", None)
+    if head is not None:
+        decay.pop(id(head.weight), None)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    with_decay = [p for p in trainable if id(p) in decay]
+    without = [p for p in trainable if id(p) not in decay]
+    return [
+        {"params": with_decay, "weight_decay": weight_decay},
+        {"params": without, "weight_decay": 0.0},
+    ]
+
+
+def lr_multiplier(step: int, cfg: OptimConfig, total_steps: int) -> float:
+    """Learning rate at `step` as a fraction of cfg.lr."""
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    floor = cfg.min_lr / cfg.lr
+    if cfg.schedule == "constant":
+        return 1.0
+    if cfg.schedule == "cosine":
+        span = max(1, total_steps - cfg.warmup_steps)
+        progress = min(1.0, (step - cfg.warmup_steps) / span)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+    decay_steps = int(round(cfg.decay_fraction * total_steps))  # wsd
+    decay_start = total_steps - decay_steps
+    if step < decay_start or decay_steps == 0:
+        return 1.0
+    progress = min(1.0, (step - decay_start) / decay_steps)
+    return 1.0 - (1.0 - floor) * progress
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig, total_steps: int, on_cuda: bool = False):
+    """(AdamW, LambdaLR stepping once per optimizer step)."""
+    fused = cfg.fused if cfg.fused is not None else on_cuda
+    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=fused)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_multiplier(step, cfg, total_steps))
+    return opt, sched
+
+
+__all__ = ["OptimConfig", "SCHEDULES", "build_optimizer", "lr_multiplier", "param_groups"]

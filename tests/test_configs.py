@@ -1,0 +1,121 @@
+"""Compose every option of every config group and instantiate what it describes."""
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import open_dict
+
+import krony.run  # noqa: F401  (registers the resolvers)
+from krony import TABLE1, get_scheme, model_size
+from krony.run import CONF_DIR, build_module
+
+GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name != "hydra")
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def make_cfg(tmp_path: Path, overrides: list[str]):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("run", overrides=["experiment=smoke", f"paths.root_dir={tmp_path}", *overrides], return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(tmp_path / "out")
+        cfg.hydra.job.num = 0
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+# options that need a value the smoke experiment does not give
+EXTRA = {
+    ("decomp", "custom"): ["decomp.name=32x16"],
+    ("model", "distilgpt2"): ["model.student_layers=[0,1]"],
+    ("model", "distilgpt2_ce"): ["model.student_layers=[0,1]"],
+    ("freeze", "scalars"): ["model.scalars=true"],
+    ("freeze", "scalars_at_4"): ["model.scalars=true"],
+    ("trainer", "gpu"): ["trainer.accelerator=cpu"],
+    ("trainer", "ddp"): ["trainer.accelerator=cpu"],
+}
+
+
+def test_every_group_has_options():
+    assert set(GROUPS) >= {"decomp", "init", "freeze", "distill", "model", "optim", "data", "trainer", "logger",
+                           "callbacks", "paths", "experiment"}
+    for group in GROUPS:
+        assert options(group), group
+
+
+def test_decomp_group_mirrors_the_scheme_table(tmp_path):
+    assert set(options("decomp")) == {s.key for s in TABLE1} | {"custom"}
+    for key in options("decomp"):
+        if key == "custom":
+            continue
+        cfg = make_cfg(tmp_path, [f"decomp={key}"])
+        assert get_scheme(cfg.model.scheme) is get_scheme(key)
+        assert cfg.run_name == f"{key}-vanloan-r1"
+    assert model_size(make_cfg(tmp_path, ["decomp=custom", "decomp.name=32x16"]).model.scheme) > 0
+
+
+@pytest.mark.parametrize("group", ["init", "freeze", "distill", "model", "optim"])
+def test_module_builds_for_every_option(tmp_path, group):
+    for option in options(group):
+        cfg = make_cfg(tmp_path, [f"{group}={option}", *EXTRA.get((group, option), [])])
+        module = build_module(cfg)
+        x = torch.randint(0, 50257, (1, 8))
+        assert module(x).shape == (1, 8, 50257), (group, option)
+        assert cfg.run_name and "${" not in cfg.run_name
+
+
+@pytest.mark.parametrize("group", ["data", "trainer", "logger", "callbacks"])
+def test_instantiate_every_option(tmp_path, group):
+    for option in options(group):
+        cfg = make_cfg(tmp_path, [f"{group}={option}", *EXTRA.get((group, option), [])])
+        node = cfg[group]
+        objs = [instantiate(node)] if "_target_" in node else [instantiate(v) for v in node.values()]
+        assert all(o is not None for o in objs), (group, option)
+
+
+def test_experiments_compose(tmp_path):
+    for option in options("experiment"):
+        cfg = make_cfg(tmp_path, [f"experiment={option}"])
+        assert cfg.trainer.max_steps > 0
+
+
+def test_slurm_launcher_composes(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    cfg = make_cfg(tmp_path, ["hydra/launcher=slurm"])
+    assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
+    assert cfg.hydra.launcher.gpus_per_node == 1
+
+
+def test_run_names(tmp_path):
+    assert make_cfg(tmp_path, ["decomp=96m", "init=prune"]).run_name == "96m-prune-r1"
+    assert make_cfg(tmp_path, ["model=multifactor", "decomp=mf2"]).run_name == "mf2-vanloan-r4-s"
+    assert make_cfg(tmp_path, ["distill=on", "freeze=embeddings"]).run_name == "81m-vanloan-r1-kd-frz_emb"
+    assert make_cfg(tmp_path, ["model=distilgpt2"]).run_name == "distilgpt2-kd"
+
+
+LEAF = re.compile(r"^\s*[A-Za-z_][\w/]*:\s*\S")  # "key: value" (block headers have no value)
+
+
+def test_every_option_has_a_comment():
+    missing = []
+    for path in sorted(CONF_DIR.rglob("*.yaml")):
+        in_defaults = False
+        for line in path.read_text().splitlines():
+            if line.startswith("defaults:"):
+                in_defaults = True
+                continue
+            if in_defaults and (line.startswith("  - ") or not line.strip()):
+                continue
+            in_defaults = False
+            if LEAF.match(line) and "#" not in line and "_target_" not in line:
+                missing.append(f"{path.relative_to(CONF_DIR)}: {line.strip()}")
+    assert not missing, "options without a comment:\n" + "\n".join(missing)
