@@ -84,18 +84,18 @@ def kron_matmul(
     if path == "b_first":
         # scalars ride on A; one GEMM for X @ B_i^T over all factors at once
         As = A if scalars is None else A * scalars.view(r, 1, 1)
-        T = X @ B.reshape(r * m2, n2).mT  # (N, n1, r*m2)
+        T = X @ (B[0] if r == 1 else B.reshape(r * m2, n2)).mT  # (N, n1, r*m2)
         if r > 1:
             T = T.view(N, n1, r, m2).transpose(1, 2).reshape(N, r * n1, m2)  # (N, r*n1, m2)
-        A_cat = As.transpose(0, 1).reshape(m1, r * n1)  # (m1, r*n1)
+        A_cat = As[0] if r == 1 else As.transpose(0, 1).reshape(m1, r * n1)  # (m1, r*n1)
         Y = A_cat @ T  # (N, m1, m2)
     elif path == "a_first":
         # scalars ride on B; one GEMM for (A_i @ X) @ B_i^T over all factors at once
         Bs = B if scalars is None else B * scalars.view(r, 1, 1)
-        T = A.reshape(r * m1, n1) @ X  # (N, r*m1, n2)
+        T = (A[0] if r == 1 else A.reshape(r * m1, n1)) @ X  # (N, r*m1, n2)
         if r > 1:
             T = T.view(N, r, m1, n2).transpose(1, 2).reshape(N, m1, r * n2)  # (N, m1, r*n2)
-        B_cat = Bs.transpose(0, 1).reshape(m2, r * n2)  # (m2, r*n2)
+        B_cat = Bs[0] if r == 1 else Bs.transpose(0, 1).reshape(m2, r * n2)  # (m2, r*n2)
         Y = T @ B_cat.mT  # (N, m1, m2)
     else:
         raise ValueError(f"unknown path {path!r}; valid paths: {', '.join(PATHS)}")

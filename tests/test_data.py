@@ -17,8 +17,7 @@ VAL_DOCS = 40
 
 
 def source(**kw) -> TextSource:
-    base = dict(path="text", name=None, revision=None, data_files=[str(SHARED_SAMPLE)], expected_files=None,
-                builder_kwargs={"sample_by": "paragraph"})
+    base = dict(path="text", name=None, revision=None, data_files=[str(SHARED_SAMPLE)], expected_files=None)
     return TextSource(**{**base, **kw})
 
 
@@ -120,3 +119,23 @@ def test_datamodule_batches_and_errors(tmp_path):
         TextDataModule(mode="memmap", memmap_dir=str(tmp_path), block_size=BLOCK).train_dataloader()
     with pytest.raises(ValueError, match="no file matches"):
         source(data_files=[str(tmp_path / "missing.txt")]).dataset()
+
+
+@pytest.mark.parametrize("fmt", ["json", "parquet"])
+def test_jsonl_and_parquet_files_give_the_same_documents(tmp_path, fmt):
+    docs = all_documents()[:50]
+    if fmt == "json":
+        import json
+
+        path = tmp_path / "docs.jsonl"
+        path.write_text("".join(json.dumps({"body": d}) + "\n" for d in docs))
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        path = tmp_path / "docs.parquet"
+        pq.write_table(pa.table({"body": docs}), path)
+    src = TextSource(path=fmt, name=None, revision=None, data_files=[str(path)], expected_files=None, text_field="body")
+    assert list(src.iter_file(0)) == docs
+    with pytest.raises(ValueError, match="text_field='text' is not a column; columns: \\['body'\\]"):
+        list(TextSource(path=fmt, name=None, revision=None, data_files=[str(path)], expected_files=None).iter_file(0))

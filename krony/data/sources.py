@@ -46,8 +46,10 @@ class TextSource:
     """Column holding the document text."""
     expected_files: int | None = 80
     """Fail at start unless the source resolves to exactly this many files (None: no check)."""
+    sample_by: str = "paragraph"
+    """Text files only: one document per "line", "paragraph" (blank-line separated) or whole "document"."""
     builder_kwargs: dict[str, Any] = field(default_factory=dict)
-    """Extra arguments of `load_dataset`, e.g. {"sample_by": "paragraph"} for text files."""
+    """Extra arguments of `load_dataset`."""
 
     def __post_init__(self) -> None:
         self._ds = None
@@ -77,6 +79,8 @@ class TextSource:
             kwargs: dict[str, Any] = dict(split=self.split, streaming=True, **self.builder_kwargs)
             if self.is_local:
                 kwargs["data_files"] = self.local_files()
+                if self.path == "text":
+                    kwargs["sample_by"] = self.sample_by
             else:
                 kwargs.update(name=self.name, revision=self.revision, data_files=self.data_files)
             try:

@@ -101,7 +101,8 @@ class LanguageModelModule(L.LightningModule):
             return
         loss = self.val_loss.compute()
         self.val_loss.reset()
-        self.log_dict({"val/loss": loss, "val/ppl": torch.exp(loss.clamp(max=30))}, prog_bar=True, sync_dist=False)
+        # MeanMetric.compute() already gathers all ranks: every rank logs the same global value
+        self.log_dict({"val/loss": loss, "val/ppl": torch.exp(loss.clamp(max=30))}, prog_bar=True, sync_dist=True)
         if not self.trainer.sanity_checking:
             self.best_val_loss = min(self.best_val_loss, loss.item())
 

@@ -1,0 +1,151 @@
+"""`python -m krony.run` end to end, offline on CPU: the smoke sweep, failing jobs, DDP."""
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from krony import GPT, kronecker_layers
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def krony_run(args: list[str], cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "krony.run", *args], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout)
+
+
+def events(run_dir: Path) -> EventAccumulator:
+    files = list(run_dir.glob("events.out.tfevents.*"))
+    assert len(files) == 1, f"expected one event file in {run_dir}, found {files}"
+    ea = EventAccumulator(str(files[0]))
+    ea.Reload()
+    return ea
+
+
+@pytest.mark.slow
+def test_smoke_sweep_six_jobs(tmp_path):
+    out = krony_run(["-m", "decomp=67m,81m,96m", "init=vanloan,prune", "experiment=smoke"], tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    sweeps = list((tmp_path / "logs" / "sweeps").iterdir())
+    assert len(sweeps) == 1
+    runs = sorted(p.name for p in sweeps[0].iterdir() if p.is_dir())
+    assert runs == sorted(f"{d}-{i}-r1" for d in ("67m", "81m", "96m") for i in ("vanloan", "prune"))
+    for name in runs:
+        run = sweeps[0] / name
+        ea = events(run)
+        tags = ea.Tags()["scalars"]
+        for tag in ("train/loss", "train/ppl", "train/lr", "train/tokens", "train/tokens_per_sec", "val/loss", "val/ppl",
+                    "model/params", "model/compression_ratio", "hp/best_val_loss"):
+            assert tag in tags, (name, tag)
+        assert len(ea.Scalars("train/loss")) == 4
+        assert "_hparams_/session_start_info" in ea.summary_metadata  # the HParams tab entry
+        assert (run / "checkpoints" / "best.ckpt").exists() and (run / "checkpoints" / "last.ckpt").exists()
+        model = GPT.from_pretrained(run / "export")
+        scheme = name.split("-")[0]
+        layers = kronecker_layers(model)
+        assert len(layers) == 4 and all(f"A=({dims})" in repr(layer) for dims, layer in [
+            ({"67m": "64, 32", "81m": "768, 768", "96m": "1536, 768"}[scheme], layers["transformer.h.0.mlp.c_fc"])])
+
+
+def test_sweep_survives_a_failed_job(tmp_path):
+    # 96m has B (2, 1): at most 2 factors, so r=3 fails; 81m (B (4, 1)) runs
+    out = krony_run(["-m", "decomp=96m,81m", "model.factors=3", "experiment=smoke", "trainer.max_steps=1",
+                     "trainer.val_check_interval=1", "trainer.limit_val_batches=1"], tmp_path)
+    assert out.returncode == 1
+    assert "1 job(s) failed" in out.stderr and "96m-vanloan-r3" in out.stderr and "at most min(m1*n1, m2*n2) = 2" in out.stderr
+    sweep = next((tmp_path / "logs" / "sweeps").iterdir())
+    assert "ValueError" in (sweep / "96m-vanloan-r3" / "error.txt").read_text()
+    assert "train/loss" in events(sweep / "81m-vanloan-r3").Tags()["scalars"]
+
+
+def test_offline_teacher_says_how_to_fix(tmp_path):
+    out = krony_run(["data=local", "trainer=cpu", "trainer.max_steps=1"], tmp_path, timeout=300)
+    assert out.returncode == 1
+    assert "model.teacher='gpt2'" in out.stderr and "experiment=smoke" in out.stderr and "local copy" in out.stderr
+
+
+def test_validate_only_baseline(tmp_path):
+    out = krony_run(["model=distilgpt2_pretrained", "experiment=smoke"], tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    run = next((tmp_path / "logs" / "runs" / "distilgpt2-pretrained").iterdir())
+    ea = events(run)
+    assert "val/loss" in ea.Tags()["scalars"] and "_hparams_/session_start_info" in ea.summary_metadata
+    assert not (run / "checkpoints").exists()  # nothing trained, nothing saved
+
+
+DDP_SCRIPT = textwrap.dedent('''
+    import json, sys
+    import lightning as L, torch
+    from krony.data import TextDataModule, TextSource, sample_path
+
+    class Record(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+            self.seen = []
+        def training_step(self, batch, i):
+            self.seen += [b[:8].tolist() for b in batch]
+            return (self.w * batch.float().mean()).sum()
+        def on_train_end(self):
+            with open(f"{sys.argv[1]}/rank{self.global_rank}.json", "w") as f:
+                json.dump(self.seen, f)
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.0)
+
+    source = TextSource(path="text", name=None, revision=None, data_files=[sample_path()], expected_files=None)
+    dm = TextDataModule(source, block_size=64, batch_size=4, num_workers=2, val_documents=100, shuffle_buffer=16)
+    trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_steps=30, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, limit_val_batches=0)
+    trainer.fit(Record(), datamodule=dm)
+''')
+
+
+@pytest.mark.slow
+def test_ddp_ranks_see_disjoint_data(tmp_path):
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT)
+    out = subprocess.run([sys.executable, str(script), str(tmp_path)], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    import json
+
+    r0 = {tuple(b) for b in json.loads((tmp_path / "rank0.json").read_text())}
+    r1 = {tuple(b) for b in json.loads((tmp_path / "rank1.json").read_text())}
+    assert len(r0) > 50 and len(r1) > 50
+    assert not r0 & r1
+
+
+@pytest.mark.slow
+def test_ddp_run_writes_one_run_directory(tmp_path):
+    out = krony_run(["experiment=smoke", "trainer=ddp", "trainer.accelerator=cpu", "trainer.precision=32-true", "trainer.max_steps=2",
+                     "trainer.val_check_interval=2", "trainer.limit_val_batches=2"], tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    runs = list((tmp_path / "logs" / "runs" / "81m-vanloan-r1").iterdir())
+    assert len(runs) == 1
+    assert len(list(runs[0].glob("events.out.tfevents.*"))) == 1
+    assert GPT.from_pretrained(runs[0] / "export") is not None
+
+
+def test_multifactor_logs_scalars_and_distils(tmp_path):
+    out = krony_run(["model=multifactor", "decomp=mf2", "distill=on", "experiment=smoke", "trainer.max_steps=2",
+                     "trainer.val_check_interval=2", "trainer.limit_val_batches=1"], tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    run = next((tmp_path / "logs" / "runs" / "mf2-vanloan-r4-s-kd").iterdir())
+    tags = events(run).Tags()["scalars"]
+    assert {"scalars/h0.c_fc/0", "scalars/h1.c_proj/3", "train/kl", "train/ce"} <= set(tags)
+    model = GPT.from_pretrained(run / "export")
+    assert model.transformer.h[0].mlp.c_proj.a_dims == (256, 1024) and model.transformer.h[0].mlp.c_proj.factors == 4
+
+
+def test_data_cli_prepare_and_memmap_training(tmp_path):
+    from krony.data import sample_path
+
+    prep = subprocess.run([sys.executable, "-m", "krony.data", "prepare", "--files", sample_path(), "--out", str(tmp_path / "mm"),
+                           "--val-documents", "100", "--workers", "1"], env=ENV, capture_output=True, text=True, timeout=300)
+    assert prep.returncode == 0, prep.stderr[-2000:]
+    out = krony_run(["experiment=smoke", "data=memmap", f"data.memmap_dir={tmp_path / 'mm'}", "data.num_workers=0",
+                     "trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.limit_val_batches=1"], tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
