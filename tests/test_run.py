@@ -1,5 +1,6 @@
 """`python -m krony.run` end to end, offline on CPU: the smoke sweep, failing jobs, DDP."""
 
+import json
 import os
 import subprocess
 import sys
@@ -26,11 +27,18 @@ def events(run_dir: Path) -> EventAccumulator:
     return ea
 
 
-@pytest.mark.slow
-def test_smoke_sweep_six_jobs(tmp_path):
-    out = krony_run(["-m", "decomp=67m,81m,96m", "init=vanloan,prune", "experiment=smoke"], tmp_path)
+@pytest.fixture(scope="module")
+def smoke_sweep(tmp_path_factory) -> Path:
+    """The README's offline sweep, run once for the tests that read it: exactly the command."""
+    root = tmp_path_factory.mktemp("sweep")
+    out = krony_run(["-m", "decomp=67m,81m,96m", "init=vanloan,prune", "experiment=smoke"], root)
     assert out.returncode == 0, out.stderr[-3000:]
-    sweeps = list((tmp_path / "logs" / "sweeps").iterdir())
+    return root
+
+
+@pytest.mark.slow
+def test_smoke_sweep_six_jobs(smoke_sweep):
+    sweeps = list((smoke_sweep / "logs" / "sweeps").iterdir())
     assert len(sweeps) == 1
     runs = sorted(p.name for p in sweeps[0].iterdir() if p.is_dir())
     assert runs == sorted(f"{d}-{i}-r1" for d in ("67m", "81m", "96m") for i in ("vanloan", "prune"))
@@ -47,8 +55,38 @@ def test_smoke_sweep_six_jobs(tmp_path):
         model = GPT.from_pretrained(run / "export")
         scheme = name.split("-")[0]
         layers = kronecker_layers(model)
-        assert len(layers) == 4 and all(f"A=({dims})" in repr(layer) for dims, layer in [
-            ({"67m": "64, 32", "81m": "768, 768", "96m": "1536, 768"}[scheme], layers["transformer.h.0.mlp.c_fc"])])
+        dims = {"67m": "64, 32", "81m": "768, 768", "96m": "1536, 768"}[scheme]
+        assert len(layers) == 4 and f"A=({dims})" in repr(layers["transformer.h.0.mlp.c_fc"])
+        summary = json.loads((run / "summary.json").read_text())
+        assert summary["hparams"]["scheme"] == scheme and summary["hparams"]["init"] == name.split("-")[1]
+
+
+@pytest.mark.slow
+def test_report_of_the_sweep(smoke_sweep, tmp_path):
+    sweep = next((smoke_sweep / "logs" / "sweeps").iterdir())
+    out = subprocess.run([sys.executable, "-m", "krony.report", str(sweep), "--out", str(tmp_path)], env=ENV,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    report = (tmp_path / "report.md").read_text()
+    assert report.count("-r1 |") == 6 and "| 81m-prune-r1 | 81m | prune | 1 | False | 46,483,216 |" in report
+    for png in ("loss_vs_tokens.png", "ppl_vs_params.png"):
+        assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_notebook_runs_on_the_sweep(smoke_sweep):
+    nbformat = pytest.importorskip("nbformat")
+    from nbclient import NotebookClient
+
+    sweep = next((smoke_sweep / "logs" / "sweeps").iterdir())
+    nb = nbformat.read(Path(__file__).resolve().parents[1] / "notebooks" / "compare_sweep.ipynb", as_version=4)
+    os.environ["KRONY_SWEEP"] = str(sweep)
+    try:
+        NotebookClient(nb, timeout=300, kernel_name="python3").execute()
+    finally:
+        del os.environ["KRONY_SWEEP"]
+    outputs = "".join(str(o) for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", []))
+    assert "81m-vanloan-r1" in outputs and "image/png" in outputs
 
 
 def test_sweep_survives_a_failed_job(tmp_path):
@@ -110,8 +148,6 @@ def test_ddp_ranks_see_disjoint_data(tmp_path):
     script.write_text(DDP_SCRIPT)
     out = subprocess.run([sys.executable, str(script), str(tmp_path)], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    import json
-
     r0 = {tuple(b) for b in json.loads((tmp_path / "rank0.json").read_text())}
     r1 = {tuple(b) for b in json.loads((tmp_path / "rank1.json").read_text())}
     assert len(r0) > 50 and len(r1) > 50
@@ -149,3 +185,18 @@ def test_data_cli_prepare_and_memmap_training(tmp_path):
     out = krony_run(["experiment=smoke", "data=memmap", f"data.memmap_dir={tmp_path / 'mm'}", "data.num_workers=0",
                      "trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.limit_val_batches=1"], tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
+
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.mark.skipif(not DATA.exists(), reason="../shared/data is not present")
+def test_evaluation_after_training_is_logged(tmp_path):
+    out = krony_run(["experiment=smoke", "trainer.max_steps=1", "trainer.val_check_interval=1", "trainer.limit_val_batches=1",
+                     f"callbacks.eval.data_dir={DATA}", "callbacks.eval.datasets=[wikitext2,lambada]",
+                     "callbacks.eval.max_tokens=1024", "callbacks.eval.max_examples=4"], tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    run = next((tmp_path / "logs" / "runs" / "81m-vanloan-r1").iterdir())
+    tags = events(run).Tags()["scalars"]
+    assert {"eval/wikitext2/ppl", "eval/lambada/ppl", "eval/lambada/last_word_acc"} <= set(tags)
+    assert json.loads((run / "results.json").read_text())["results"]["wikitext2"]["tokens"] == 1024

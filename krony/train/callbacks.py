@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import json
+import logging
 import math
 import time
 from pathlib import Path
@@ -14,6 +16,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from krony.checkpoint import load_state_dict_checked
+
+log = logging.getLogger(__name__)
 
 
 class TokensPerSecond(L.Callback):
@@ -37,7 +41,11 @@ class TokensPerSecond(L.Callback):
 
 class HParamsSummary(L.Callback):
     """At the end of fit (or validate), writes the run's hparams together with its final metrics,
-    so TensorBoard's HParams tab compares the runs of a sweep."""
+    so TensorBoard's HParams tab compares the runs of a sweep, and the same as `summary.json` in
+    `dirpath` for `python -m krony.report`."""
+
+    def __init__(self, dirpath: str | None = None) -> None:
+        self.dirpath = dirpath
 
     def _write(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
@@ -55,6 +63,11 @@ class HParamsSummary(L.Callback):
                 logger.log_hyperparams(module.summary_hparams())
                 logger.log_metrics(summary, step=trainer.global_step)
             logger.save()
+        if self.dirpath:
+            record = {"hparams": module.summary_hparams(), "metrics": {**summary, **module.size_metrics()},
+                      "steps": trainer.global_step, "tokens": module.tokens_seen}
+            Path(self.dirpath).mkdir(parents=True, exist_ok=True)
+            (Path(self.dirpath) / "summary.json").write_text(json.dumps(record, indent=2) + "\n")
 
     @rank_zero_only
     def on_fit_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
@@ -85,4 +98,37 @@ class ExportModel(L.Callback):
         student.save_pretrained(self.dirpath)
 
 
-__all__ = ["ExportModel", "HParamsSummary", "TokensPerSecond"]
+class EvaluateAtEnd(L.Callback):
+    """After fit, evaluates the trained student under a named protocol (see `krony.evaluate`),
+    logs `eval/<dataset>/<metric>` to the loggers and writes `results.json` into `dirpath`.
+    A failure (no data offline, say) is logged as a warning: the trained model is already saved."""
+
+    def __init__(self, dirpath: str, datasets: list[str], protocol: str = "paper", data_dir: str | None = None,
+                 context: int = 1024, stride: int = 512, batch_size: int = 8, max_tokens: int | None = None,
+                 max_examples: int | None = None) -> None:
+        self.dirpath, self.datasets, self.protocol, self.data_dir = dirpath, list(datasets), protocol, data_dir
+        self.context, self.stride, self.batch_size = context, stride, batch_size
+        self.max_tokens, self.max_examples = max_tokens, max_examples
+
+    @rank_zero_only
+    def on_fit_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if not self.datasets:
+            return
+        from krony.eval import evaluate_model
+
+        try:
+            results = evaluate_model(module.student, self.datasets, self.protocol, self.context, self.stride, "test",
+                                     self.data_dir, self.batch_size, self.max_tokens, self.max_examples, progress=True)
+        except ValueError as e:
+            log.warning("evaluation after training skipped: %s", e)
+            return
+        metrics = {f"eval/{name}/{k}": float(v) for name, r in results.items() for k, v in r.items()}
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+            logger.save()
+        record = {"model": "student", "protocol": self.protocol, "source": self.data_dir or "hub", "results": results}
+        Path(self.dirpath).mkdir(parents=True, exist_ok=True)
+        (Path(self.dirpath) / "results.json").write_text(json.dumps(record, indent=2) + "\n")
+
+
+__all__ = ["EvaluateAtEnd", "ExportModel", "HParamsSummary", "TokensPerSecond"]
