@@ -13,16 +13,17 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import MISSING, OmegaConf
+from omegaconf import OmegaConf
 
 from krony.compress import count_params
 from krony.evaluate import DATASETS, PROTOCOLS, lambada_accuracy, lm_eval_wikitext, load_rows, score_windows, token_ids
 from krony.model import GPT
+
 
 def resolve_model(name_or_path: str) -> tuple[GPT, Path | None]:
     """(model, run directory or None): a run directory loads its `export/`, anything else goes to
@@ -31,7 +32,8 @@ def resolve_model(name_or_path: str) -> tuple[GPT, Path | None]:
     if path.is_dir() and not (path / "config.json").exists() and (path / "export" / "config.json").exists():
         return GPT.from_pretrained(path / "export"), path
     if path.is_dir() and not (path / "config.json").exists() and (path / "checkpoints").exists():
-        raise ValueError(f"{path} is a run directory without export/: the run did not finish; use a checkpoint's export")
+        raise ValueError(f"{path} is a run directory without export/ (the run has not finished): evaluate a finished run "
+                         f"or a directory with config.json + model.safetensors")
     return GPT.from_pretrained(name_or_path), None
 
 

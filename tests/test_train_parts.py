@@ -110,3 +110,12 @@ def test_model_config_errors():
         ModelConfig(kind="lora")
     with pytest.raises(ValueError, match="set model.teacher_config"):
         ModelConfig(teacher=None)
+
+
+def test_untied_head_is_a_trainable_copy(tiny_config):
+    cfg = ModelConfig(kind="krony", teacher=None, teacher_config={"preset": "gpt2", **tiny_config.to_dict()},
+                      scheme="128x32", init="vanloan", layers="odd", untie_head=True)
+    student, _, _ = build_student(cfg)
+    assert student.lm_head.weight is not student.transformer.wte.weight
+    torch.testing.assert_close(student.lm_head.weight, student.transformer.wte.weight)
+    assert count_params(student) - count_params(student, "no_output_embedding") == 101 * 64

@@ -44,6 +44,8 @@ class ModelConfig:
     """Dropout of the student during training (the paper used 0)."""
     compile: bool = False
     """torch.compile the student's forward."""
+    untie_head: bool = False
+    """Give the student its own lm_head (a copy of wte), as TQCompressedGPT2 and KnGPT-2 train."""
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -80,6 +82,12 @@ def distil_student(teacher: GPT, layers: list[int]) -> GPT:
     return student
 
 
+def untie_head(model: GPT) -> None:
+    """Replace the tied lm_head weight by a trainable copy of wte, in place."""
+    model.config.tie_embeddings = False
+    model.lm_head.weight = nn.Parameter(model.transformer.wte.weight.detach().clone())
+
+
 def set_dropout(model: GPT, p: float) -> None:
     """Change every dropout probability of `model` in place."""
     model.config.dropout = p
@@ -101,6 +109,8 @@ def build_student(cfg: ModelConfig, seed: int = 0, keep_teacher: bool = False) -
         if cfg.kind == "krony":
             compress(student, cfg.scheme, cfg.init, cfg.factors, cfg.scalars, cfg.layers, progress=True, **cfg.init_options)
     set_dropout(student, cfg.dropout)
+    if cfg.untie_head:
+        untie_head(student)
     student.train()
     if keep_teacher:
         teacher.requires_grad_(False)
@@ -108,4 +118,6 @@ def build_student(cfg: ModelConfig, seed: int = 0, keep_teacher: bool = False) -
     return student, None, teacher_params
 
 
-__all__ = ["DISTILGPT2_LAYERS", "KINDS", "ModelConfig", "build_student", "distil_student", "load_teacher", "set_dropout"]
+__all__ = [
+    "DISTILGPT2_LAYERS", "KINDS", "ModelConfig", "build_student", "distil_student", "load_teacher", "set_dropout", "untie_head",
+]

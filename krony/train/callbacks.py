@@ -50,21 +50,22 @@ class HParamsSummary(L.Callback):
     def _write(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
         best = module.best_val_loss if math.isfinite(module.best_val_loss) else metrics.get("val/loss", math.nan)
+        hparams = module.summary_hparams()
         summary = {
             "hp/best_val_loss": best,
             "hp/best_val_ppl": math.exp(min(best, 30)) if math.isfinite(best) else math.nan,
             "hp/final_val_loss": metrics.get("val/loss", math.nan),
-            "hp/params": float(module.summary_hparams()["params"]),
+            "hp/params": float(hparams["params"]),
         }
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
-                logger.log_hyperparams(module.summary_hparams(), summary)
+                logger.log_hyperparams(hparams, summary)
             else:
-                logger.log_hyperparams(module.summary_hparams())
+                logger.log_hyperparams(hparams)
                 logger.log_metrics(summary, step=trainer.global_step)
             logger.save()
         if self.dirpath:
-            record = {"hparams": module.summary_hparams(), "metrics": {**summary, **module.size_metrics()},
+            record = {"hparams": hparams, "metrics": {**summary, **module.size_metrics()},
                       "steps": trainer.global_step, "tokens": module.tokens_seen}
             Path(self.dirpath).mkdir(parents=True, exist_ok=True)
             (Path(self.dirpath) / "summary.json").write_text(json.dumps(record, indent=2) + "\n")
@@ -99,14 +100,16 @@ class ExportModel(L.Callback):
 
 
 class EvaluateAtEnd(L.Callback):
-    """After fit, evaluates the trained student under a named protocol (see `krony.evaluate`),
-    logs `eval/<dataset>/<metric>` to the loggers and writes `results.json` into `dirpath`.
+    """After fit, evaluates the exported model in `model_dir` (the best by validation), or else
+    the student as it ends, under a named protocol (see `krony.evaluate`); logs
+    `eval/<dataset>/<metric>` to the loggers and writes `results.json` into `dirpath`.
     A failure (no data offline, say) is logged as a warning: the trained model is already saved."""
 
     def __init__(self, dirpath: str, datasets: list[str], protocol: str = "paper", data_dir: str | None = None,
                  context: int = 1024, stride: int = 512, batch_size: int = 8, max_tokens: int | None = None,
-                 max_examples: int | None = None) -> None:
+                 max_examples: int | None = None, model_dir: str | None = None) -> None:
         self.dirpath, self.datasets, self.protocol, self.data_dir = dirpath, list(datasets), protocol, data_dir
+        self.model_dir = model_dir
         self.context, self.stride, self.batch_size = context, stride, batch_size
         self.max_tokens, self.max_examples = max_tokens, max_examples
 
@@ -115,9 +118,13 @@ class EvaluateAtEnd(L.Callback):
         if not self.datasets:
             return
         from krony.eval import evaluate_model
+        from krony.model import GPT
 
+        model = module.student
+        if self.model_dir and (Path(self.model_dir) / "config.json").exists():
+            model = GPT.from_pretrained(self.model_dir).to(module.device)
         try:
-            results = evaluate_model(module.student, self.datasets, self.protocol, self.context, self.stride, "test",
+            results = evaluate_model(model, self.datasets, self.protocol, self.context, self.stride, "test",
                                      self.data_dir, self.batch_size, self.max_tokens, self.max_examples, progress=True)
         except ValueError as e:
             log.warning("evaluation after training skipped: %s", e)
@@ -126,7 +133,7 @@ class EvaluateAtEnd(L.Callback):
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
             logger.save()
-        record = {"model": "student", "protocol": self.protocol, "source": self.data_dir or "hub", "results": results}
+        record = {"model": self.model_dir or "student", "protocol": self.protocol, "source": self.data_dir or "hub", "results": results}
         Path(self.dirpath).mkdir(parents=True, exist_ok=True)
         (Path(self.dirpath) / "results.json").write_text(json.dumps(record, indent=2) + "\n")
 
