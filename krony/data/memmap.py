@@ -8,6 +8,7 @@ Lightning's distributed sampler shards by rank.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -29,18 +30,18 @@ def _write_split(docs, path: Path, workers: int, desc: str) -> int:
     """Tokenise `docs` with `workers` processes into `path` (atomic); returns the token count."""
     tmp = path.with_name(path.name + ".tmp")
     total = 0
-    with open(tmp, "wb") as f, tqdm(desc=desc, unit="doc") as bar:
+    with contextlib.ExitStack() as stack:
+        f = stack.enter_context(open(tmp, "wb"))
+        bar = stack.enter_context(tqdm(desc=desc, unit="doc"))
         if workers > 1:
-            with mp.get_context("spawn").Pool(workers) as pool:
-                for ids in pool.imap(encode_document, docs, chunksize=64):
-                    np.asarray(ids, dtype=DTYPE).tofile(f)
-                    total += len(ids)
-                    bar.update()
+            pool = stack.enter_context(mp.get_context("spawn").Pool(workers))
+            token_lists = pool.imap(encode_document, docs, chunksize=64)
         else:
-            for ids in map(encode_document, docs):
-                np.asarray(ids, dtype=DTYPE).tofile(f)
-                total += len(ids)
-                bar.update()
+            token_lists = map(encode_document, docs)
+        for ids in token_lists:
+            np.asarray(ids, dtype=DTYPE).tofile(f)
+            total += len(ids)
+            bar.update()
     os.replace(tmp, path)
     return total
 
