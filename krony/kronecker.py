@@ -63,6 +63,114 @@ def kron_weight(A: torch.Tensor, B: torch.Tensor, scalars: torch.Tensor | None =
     return W.reshape(m1 * m2, n1 * n2)
 
 
+def to_factored(x: torch.Tensor, n1: int, n2: int) -> torch.Tensor:
+    """(..., n1*n2) -> (n1, N, n2), a view where it can be: the layout `kron_matmul_factored` works in."""
+    return x.reshape(-1, n1, n2).transpose(0, 1)  # (n1, N, n2)
+
+
+def from_factored(y: torch.Tensor, lead: torch.Size | tuple[int, ...]) -> torch.Tensor:
+    """(m1, N, m2) -> (..., m1*m2) with the leading dims `lead`; copies unless m2 == 1."""
+    m1, _, m2 = y.shape
+    return y.transpose(0, 1).reshape(*lead, m1 * m2)  # (..., out)
+
+
+class _OuterBias(torch.autograd.Function):
+    """u (m1, N) times v (m2,) as an outer product, plus bias (m1, 1, m2) or None -> (m1, N, m2).
+
+    The product of a factor dim of 1; autograd's own backward for the broadcast multiply
+    would materialise two output-sized temporaries, this one uses two matrix-vector products.
+    """
+
+    @staticmethod
+    def forward(ctx, u: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        ctx.save_for_backward(u, v)
+        ctx.has_bias = bias is not None
+        u3, v3 = u.unsqueeze(2), v.view(1, 1, -1)
+        return u3 * v3 if bias is None else torch.addcmul(bias, u3, v3)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        u, v = ctx.saved_tensors
+        m1, N, m2 = g.shape
+        g2 = g.reshape(m1 * N, m2)
+        gu = (g2 @ v).view(m1, N) if ctx.needs_input_grad[0] else None
+        gv = g2.mT @ u.reshape(m1 * N) if ctx.needs_input_grad[1] else None
+        gb = g.sum(1, keepdim=True) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return gu, gv, gb
+
+
+class _Contract(torch.autograd.Function):
+    """x (M, K) @ v (K,) -> (M,): the product of a factor whose output dim is 1, with a backward
+    that writes the input gradient as one broadcast multiply instead of a K=1 GEMM."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, v)
+        return x @ v
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        x, v = ctx.saved_tensors
+        gx = g.unsqueeze(1) * v.unsqueeze(0) if ctx.needs_input_grad[0] else None
+        gv = x.mT @ g if ctx.needs_input_grad[1] else None
+        return gx, gv
+
+
+def kron_matmul_factored(
+    xp: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    scalars: torch.Tensor | None = None,
+    path: str = "a_first",
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Y = A X B^T (+ bias) for every token, tokens in the middle: xp (n1, N, n2) -> (m1, N, m2).
+
+    With N between the two factor dims, both products are single large GEMMs (tokens
+    merge with the dim that is not contracted), so no layout copies are needed in the
+    forward or the backward, and the output of one layer is the input layout of the next
+    (c_fc's (m1, m2) is c_proj's (n1, n2)). A dim of 1 turns a product into a broadcast
+    multiply instead of a K=1 GEMM, and the bias (m1*m2,) is fused into the last product
+    where one op can take it. r factors are r GEMM pairs summed; `path` is "a_first" or
+    "b_first" (see `path_costs`).
+    """
+    r, m1, n1 = A.shape
+    _, m2, n2 = B.shape
+    N = xp.shape[1]
+    bias3 = None if bias is None else bias.view(m1, 1, m2)
+    if path == "a_first":
+        Bs = B if scalars is None else B * scalars.view(r, 1, 1)  # scalars ride on the second factor
+        U = A.reshape(r * m1, n1) @ xp.reshape(n1, N * n2)  # (r*m1, N*n2)
+        if r == 1 and n2 == 1:  # outer product U (m1, N) x B (m2,), bias in the same op
+            return _OuterBias.apply(U.view(m1, N), Bs.view(m2), bias3)
+        if r == 1:  # one GEMM per row block of A, bias as the accumulator
+            U = U.view(m1, N, n2)
+            Bt = Bs[0].mT.expand(m1, n2, m2)
+            return torch.bmm(U, Bt) if bias3 is None else torch.baddbmm(bias3, U, Bt)
+        if n2 == 1:  # sum over factors of outer products: one GEMM with K = r
+            Y = U.view(r, m1 * N).mT @ Bs.view(r, m2)  # (m1*N, m2)
+        else:
+            Y = U[:m1].view(m1 * N, n2) @ Bs[0].mT  # (m1*N, m2)
+            for i in range(1, r):
+                Y = torch.addmm(Y, U[i * m1 : (i + 1) * m1].view(m1 * N, n2), Bs[i].mT)
+    elif path == "b_first":
+        As = A if scalars is None else A * scalars.view(r, 1, 1)
+        Y = None
+        for i in range(r):
+            if n2 == 1:
+                T = xp.reshape(n1 * N, 1) * B[i].view(1, m2)  # (n1*N, m2)
+            elif m2 == 1:
+                T = _Contract.apply(xp.reshape(n1 * N, n2), B[i].view(n2))  # (n1*N,)
+            else:
+                T = xp.reshape(n1 * N, n2) @ B[i].mT  # (n1*N, m2)
+            T = T.view(n1, N * m2)
+            Y = As[i] @ T if Y is None else torch.addmm(Y, As[i], T)  # (m1, N*m2)
+    else:
+        raise ValueError(f"unknown factored path {path!r}; valid paths: a_first, b_first")
+    Y = Y.view(m1, N, m2)
+    return Y if bias3 is None else Y + bias3
+
+
 def kron_matmul(
     x: torch.Tensor,
     A: torch.Tensor,
@@ -74,32 +182,14 @@ def kron_matmul(
 
     x: (..., n1*n2), A: (r, m1, n1), B: (r, m2, n2), scalars: (r,) or None -> (..., m1*m2).
     """
-    r, m1, n1 = A.shape
-    _, m2, n2 = B.shape
-    lead = x.shape[:-1]
     if path == "dense":
         return F.linear(x, kron_weight(A, B, scalars))
-    X = x.reshape(-1, n1, n2)  # (N, n1, n2)
-    N = X.shape[0]
-    if path == "b_first":
-        # scalars ride on A; one GEMM for X @ B_i^T over all factors at once
-        As = A if scalars is None else A * scalars.view(r, 1, 1)
-        T = X @ (B[0] if r == 1 else B.reshape(r * m2, n2)).mT  # (N, n1, r*m2)
-        if r > 1:
-            T = T.view(N, n1, r, m2).transpose(1, 2).reshape(N, r * n1, m2)  # (N, r*n1, m2)
-        A_cat = As[0] if r == 1 else As.transpose(0, 1).reshape(m1, r * n1)  # (m1, r*n1)
-        Y = A_cat @ T  # (N, m1, m2)
-    elif path == "a_first":
-        # scalars ride on B; one GEMM for (A_i @ X) @ B_i^T over all factors at once
-        Bs = B if scalars is None else B * scalars.view(r, 1, 1)
-        T = (A[0] if r == 1 else A.reshape(r * m1, n1)) @ X  # (N, r*m1, n2)
-        if r > 1:
-            T = T.view(N, r, m1, n2).transpose(1, 2).reshape(N, m1, r * n2)  # (N, m1, r*n2)
-        B_cat = Bs[0] if r == 1 else Bs.transpose(0, 1).reshape(m2, r * n2)  # (m2, r*n2)
-        Y = T @ B_cat.mT  # (N, m1, m2)
-    else:
+    if path not in PATHS:
         raise ValueError(f"unknown path {path!r}; valid paths: {', '.join(PATHS)}")
-    return Y.reshape(*lead, m1 * m2)  # (..., out)
+    _, _, n1 = A.shape
+    n2 = B.shape[2]
+    y = kron_matmul_factored(to_factored(x, n1, n2), A, B, scalars, path)  # (m1, N, m2)
+    return from_factored(y, x.shape[:-1])
 
 
 def check_dims(out_features: int, in_features: int, a_dims: tuple[int, int], what: str = "matrix") -> tuple[int, int]:
@@ -206,8 +296,33 @@ class KroneckerLinear(nn.Module):
 
     def forward(self, x: torch.Tensor, path: str | None = None) -> torch.Tensor:
         """x: (..., in_features) -> (..., out_features); `path` overrides the layer's path for this call."""
-        y = kron_matmul(x, self.A, self.B, self.scalars, path or self.chosen_path)
-        return y if self.bias is None else y + self.bias
+        path = path or self.chosen_path
+        if path == "dense":
+            return F.linear(x, self._dense_weight(), self.bias)
+        y = self.forward_factored(to_factored(x, self.n1, self.n2), path)  # (m1, N, m2)
+        return from_factored(y, x.shape[:-1])
+
+    def forward_factored(self, xp: torch.Tensor, path: str | None = None) -> torch.Tensor:
+        """The layer in the token-middle layout: xp (n1, N, n2) -> (m1, N, m2), bias included."""
+        path = path or self.chosen_path
+        if path == "dense":  # the layout is a permutation of features, so dense goes via the usual one
+            lead = (xp.shape[1],)
+            return to_factored(self.forward(from_factored(xp, lead), "dense"), self.m1, self.m2)
+        return kron_matmul_factored(xp, self.A, self.B, self.scalars, path, self.bias)
+
+    def _dense_weight(self) -> torch.Tensor:
+        """`to_dense()`, kept between calls while gradients are off and the factors unchanged
+        (generation feeds one token per call: rebuilding W each time would cost more than using it)."""
+        if torch.is_grad_enabled() or torch.compiler.is_compiling():
+            self._weight_cache = None
+            return self.to_dense()
+        params = [p for p in (self.A, self.B, self.scalars) if p is not None]
+        key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
+        cache = getattr(self, "_weight_cache", None)
+        if cache is None or cache[0] != key:
+            cache = (key, self.to_dense())
+            self._weight_cache = cache
+        return cache[1]
 
     def to_dense(self) -> torch.Tensor:
         """The full weight sum_i s_i kron(A_i, B_i), shape (out_features, in_features)."""
@@ -252,7 +367,34 @@ class KroneckerLinear(nn.Module):
         )
 
 
+def fusable(fc: nn.Module, proj: nn.Module) -> bool:
+    """Whether `kron_ffn` can run fc -> proj without leaving the token-middle layout."""
+    return (
+        isinstance(fc, KroneckerLinear)
+        and isinstance(proj, KroneckerLinear)
+        and (fc.m1, fc.m2) == (proj.n1, proj.n2)
+        and "dense" not in (fc.chosen_path, proj.chosen_path)
+    )
+
+
+def kron_ffn(x: torch.Tensor, fc: KroneckerLinear, proj: KroneckerLinear, act=None) -> torch.Tensor:
+    """proj(act(fc(x))) for x (..., in) with one layout change in and one out (see `fusable`).
+
+    The hidden activations stay (m1, N, m2): c_fc's output factorisation is c_proj's input
+    factorisation, and an elementwise `act` does not care about the order of features.
+    """
+    h = fc.forward_factored(to_factored(x, fc.n1, fc.n2))  # (m1, N, m2)
+    if act is not None:
+        h = act(h)
+    return from_factored(proj.forward_factored(h), x.shape[:-1])  # (..., out)
+
+
 __all__ = [
+    "from_factored",
+    "fusable",
+    "kron_ffn",
+    "kron_matmul_factored",
+    "to_factored",
     "KroneckerLinear",
     "PATHS",
     "check_dims",

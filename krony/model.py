@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from krony.kronecker import fusable, kron_ffn
+
 
 @dataclass
 class GPTConfig:
@@ -92,12 +94,20 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd)
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: "KVCache | None" = None) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        mask, causal = None, True
+        if cache is not None:
+            past = cache.length
+            k, v = cache.append(k, v)  # (B, nh, past + T, hs)
+            if past:  # new queries see every cached key and the new ones causally
+                causal = False
+                if T > 1:
+                    mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(past)
         y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
+            q, k, v, attn_mask=mask, is_causal=causal, dropout_p=self.dropout if self.training else 0.0
         )  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
         return self.resid_dropout(self.c_proj(y))
@@ -113,7 +123,14 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+        if fusable(self.c_fc, self.c_proj):  # Kronecker pair: hidden state stays in factored layout
+            return self.dropout(kron_ffn(x, self.c_fc, self.c_proj, gelu))
+        return self.dropout(self.c_proj(gelu(self.c_fc(x))))
+
+
+def gelu(x: torch.Tensor) -> torch.Tensor:
+    """GPT-2's "gelu_new": GELU with the tanh approximation."""
+    return F.gelu(x, approximate="tanh")
 
 
 class Block(nn.Module):
@@ -124,9 +141,30 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x))
+    def forward(self, x: torch.Tensor, cache: "KVCache | None" = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache)
         return x + self.mlp(self.ln_2(x))
+
+
+class KVCache:
+    """Keys and values of one attention layer for incremental decoding, preallocated to `max_len`."""
+
+    def __init__(self, batch: int, n_head: int, head_dim: int, max_len: int,
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
+        shape = (batch, n_head, max_len, head_dim)
+        self.k = torch.empty(shape, device=device, dtype=dtype)
+        self.v = torch.empty(shape, device=device, dtype=dtype)
+        self.length = 0
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v (B, nh, T, hs) after what is cached; return all keys and values so far."""
+        end = self.length + k.shape[2]
+        if end > self.k.shape[2]:
+            raise ValueError(f"KV cache holds {self.k.shape[2]} positions; {end} requested")
+        self.k[:, :, self.length : end] = k
+        self.v[:, :, self.length : end] = v
+        self.length = end
+        return self.k[:, :, :end], self.v[:, :, :end]
 
 
 class GPT(nn.Module):
@@ -160,16 +198,60 @@ class GPT(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    def hidden_states(self, idx: torch.Tensor) -> torch.Tensor:
-        """idx (B, T) token ids -> final hidden states after `ln_f`, (B, T, C)."""
+    def hidden_states(self, idx: torch.Tensor, caches: list[KVCache] | None = None) -> torch.Tensor:
+        """idx (B, T) token ids -> final hidden states after `ln_f`, (B, T, C).
+
+        With `caches` (one `KVCache` per block, see `new_caches`), idx continues the cached
+        sequence: positions start after it and the caches grow by T.
+        """
         B, T = idx.shape
-        if T > self.config.block_size:
-            raise ValueError(f"sequence length {T} exceeds the model's context of {self.config.block_size}")
-        pos = torch.arange(T, device=idx.device)
+        start = caches[0].length if caches else 0
+        if start + T > self.config.block_size:
+            raise ValueError(f"sequence length {start + T} exceeds the model's context of {self.config.block_size}")
+        pos = torch.arange(start, start + T, device=idx.device)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
-        for block in self.transformer.h:
-            x = block(x)
+        for i, block in enumerate(self.transformer.h):
+            x = block(x, caches[i] if caches else None)
         return self.transformer.ln_f(x)
+
+    def new_caches(self, batch: int, max_len: int | None = None) -> list[KVCache]:
+        """Empty KV caches for every block, for `batch` sequences of up to `max_len` tokens."""
+        c = self.config
+        p = self.transformer.wte.weight
+        return [KVCache(batch, c.n_head, c.n_embd // c.n_head, max_len or c.block_size, p.device, p.dtype)
+                for _ in range(c.n_layer)]
+
+    @torch.no_grad()
+    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+                 top_k: int | None = None, use_cache: bool = True,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        """Continue idx (B, T) by `max_new_tokens` sampled tokens -> (B, T + max_new_tokens).
+
+        temperature 0 is greedy decoding; `top_k` keeps the k most likely tokens. With
+        `use_cache` each step feeds only the newest token and reuses the keys and values of
+        the earlier ones; the total length must fit the context (`block_size`).
+        """
+        total = idx.shape[1] + max_new_tokens
+        if use_cache and total > self.config.block_size:
+            raise ValueError(f"prompt + new tokens = {total} exceeds the context of {self.config.block_size}; "
+                             "shorten the prompt or generate with use_cache=False (crops the context)")
+        caches = self.new_caches(idx.shape[0], total) if use_cache else None
+        step_input = idx
+        for _ in range(max_new_tokens):
+            if not use_cache:
+                step_input = idx[:, -self.config.block_size :]
+            logits = self.lm_head(self.hidden_states(step_input, caches)[:, -1])  # (B, vocab)
+            if temperature == 0:
+                nxt = logits.argmax(-1, keepdim=True)
+            else:
+                logits = logits.float() / temperature
+                if top_k is not None:
+                    kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
+                    logits = logits.masked_fill(logits < kth, float("-inf"))
+                nxt = torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)  # (B, 1)
+            idx = torch.cat([idx, nxt], dim=1)
+            step_input = nxt
+        return idx
 
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor | None = None

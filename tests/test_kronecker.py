@@ -154,3 +154,70 @@ def test_dtype_and_bias_off():
     torch.testing.assert_close(layer(x), x @ layer.to_dense().T)
     assert "A=(4, 2), B=(2, 3)" in repr(layer)
 
+
+
+@pytest.mark.parametrize("m1,n1,m2,n2", SHAPES)
+@pytest.mark.parametrize("path", ["a_first", "b_first"])
+@pytest.mark.parametrize("factors", [1, 2])
+def test_gradcheck_layer_with_bias_every_special_case(m1, n1, m2, n2, path, factors):
+    # the factor dims of 1 take their own autograd functions (outer product, contraction);
+    # the bias is fused into the last product where it can be: all checked against finite differences
+    torch.manual_seed(1)
+    layer = KroneckerLinear(n1 * n2, m1 * m2, (m1, n1), factors=factors, scalars=True, path=path).double()
+    with torch.no_grad():
+        layer.bias.normal_()
+    x = torch.randn(3, 2, n1 * n2, dtype=torch.float64, requires_grad=True)
+    params = tuple(p for p in (layer.A, layer.B, layer.scalars, layer.bias))
+
+    def f(x, A, B, s, b):
+        return torch.func.functional_call(layer, {"A": A, "B": B, "scalars": s, "bias": b}, (x,))
+
+    assert torch.autograd.gradcheck(f, (x, *params))
+    torch.testing.assert_close(layer(x), reference(x, layer))
+
+
+@pytest.mark.parametrize("fc_dims", [(4, 2), (8, 8), (16, 8), (2, 8)])
+def test_fused_ffn_matches_two_layers(fc_dims):
+    from krony.kronecker import fusable, kron_ffn
+
+    torch.manual_seed(0)
+    fc = KroneckerLinear(8, 32, fc_dims, scalars=True)
+    proj = KroneckerLinear(32, 8, (fc_dims[1], fc_dims[0]))
+    with torch.no_grad():
+        fc.bias.normal_()
+        proj.bias.normal_()
+    assert fusable(fc, proj)
+    x = torch.randn(2, 5, 8, requires_grad=True)
+    act = torch.nn.functional.gelu
+    y = kron_ffn(x, fc, proj, act)
+    expected = F.linear(act(reference(x, fc)), proj.to_dense(), proj.bias)
+    torch.testing.assert_close(y, expected, atol=1e-5, rtol=1e-5)
+    grads = torch.autograd.grad(y.square().sum(), (x, fc.A, fc.B, fc.scalars, fc.bias, proj.A, proj.B, proj.bias))
+    ref = torch.autograd.grad(expected.square().sum(), (x, fc.A, fc.B, fc.scalars, fc.bias, proj.A, proj.B, proj.bias))
+    for g, r in zip(grads, ref):
+        torch.testing.assert_close(g, r, atol=1e-4, rtol=1e-4)
+
+
+def test_not_fusable_when_a_layer_is_dense_or_dims_differ():
+    from krony.kronecker import fusable
+
+    fc = KroneckerLinear(8, 32, (4, 2))
+    assert not fusable(fc, KroneckerLinear(32, 8, (4, 2)))  # proj expects (8, 4) on its input, fc gives (4, 8)
+    assert not fusable(fc, torch.nn.Linear(32, 8))
+    assert not fusable(fc, KroneckerLinear(32, 8, (2, 4), path="dense"))
+
+
+def test_dense_weight_is_reused_without_grad_and_rebuilt_on_change():
+    torch.manual_seed(0)
+    layer = KroneckerLinear(12, 8, (4, 3), factors=3, path="dense")
+    x = torch.randn(5, 12)
+    with torch.no_grad():
+        layer(x)
+        first = layer._weight_cache[1]
+        layer(x)
+        assert layer._weight_cache[1] is first  # reused
+        layer.A.mul_(2.0)  # an optimizer step changes the factors in place
+        torch.testing.assert_close(layer(x), reference(x, layer))
+        assert layer._weight_cache[1] is not first
+    y = layer(x)  # with gradients the weight is built in the graph, no cache
+    assert y.requires_grad and layer._weight_cache is None

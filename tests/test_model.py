@@ -186,3 +186,45 @@ def test_non_gpt2_config_is_refused(tmp_path, tiny_model):
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="only GPT-2 checkpoints"):
         GPT.from_pretrained(tmp_path)
+
+
+def test_generation_with_kv_cache_equals_without(tiny_model, tokens):
+    prompt = tokens[:2, :5]
+    with_cache = tiny_model.generate(prompt, 12, temperature=0.0)
+    without = tiny_model.generate(prompt, 12, temperature=0.0, use_cache=False)
+    assert with_cache.shape == (2, 17)
+    assert torch.equal(with_cache, without)
+    assert torch.equal(with_cache[:, :5], prompt)
+
+
+def test_kv_cache_chunks_match_one_pass(tiny_model, tokens):
+    caches = tiny_model.new_caches(3)
+    parts = [tiny_model.hidden_states(tokens[:, a:b], caches) for a, b in ((0, 7), (7, 8), (8, 20))]
+    torch.testing.assert_close(torch.cat(parts, dim=1), tiny_model.hidden_states(tokens[:, :20]), atol=1e-5, rtol=1e-5)
+    assert caches[0].length == 20
+
+
+def test_generation_past_the_context_is_refused_with_the_fix(tiny_model, tokens):
+    with pytest.raises(ValueError, match="exceeds the context of 32.*use_cache=False"):
+        tiny_model.generate(tokens[:1, :30], 5)
+    out = tiny_model.generate(tokens[:1, :30], 5, use_cache=False, temperature=0.0)  # crops instead
+    assert out.shape == (1, 35)
+
+
+def test_sampling_is_seeded_and_top_k_restricts(tiny_model, tokens):
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    a = tiny_model.generate(tokens[:1, :4], 8, top_k=5, generator=g1)
+    b = tiny_model.generate(tokens[:1, :4], 8, top_k=5, generator=g2)
+    assert torch.equal(a, b)
+    top1 = tiny_model.generate(tokens[:1, :4], 8, top_k=1, generator=g1)
+    assert torch.equal(top1, tiny_model.generate(tokens[:1, :4], 8, temperature=0.0))
+
+
+def test_compressed_generation_and_fused_mlp(tiny_model, tokens):
+    from krony import compress
+    from krony.kronecker import fusable
+
+    model = compress(tiny_model, "16x8", init="vanloan")
+    assert all(fusable(b.mlp.c_fc, b.mlp.c_proj) for b in model.transformer.h)
+    assert torch.equal(model.generate(tokens[:2, :4], 6, temperature=0.0),
+                       model.generate(tokens[:2, :4], 6, temperature=0.0, use_cache=False))

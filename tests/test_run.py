@@ -46,7 +46,7 @@ def test_smoke_sweep_six_jobs(smoke_sweep):
         run = sweeps[0] / name
         ea = events(run)
         tags = ea.Tags()["scalars"]
-        for tag in ("train/loss", "train/ppl", "train/lr", "train/tokens", "train/tokens_per_sec", "val/loss", "val/ppl",
+        for tag in ("train/loss", "train/ppl", "train/lr", "train/tokens", "train/tokens_per_sec", "train/flops_per_sec", "train/mfu", "val/loss", "val/ppl",
                     "model/params", "model/compression_ratio", "hp/best_val_loss"):
             assert tag in tags, (name, tag)
         assert len(ea.Scalars("train/loss")) == 4

@@ -20,23 +20,63 @@ from krony.checkpoint import load_state_dict_checked
 log = logging.getLogger(__name__)
 
 
-class TokensPerSecond(L.Callback):
-    """Logs `train/tokens_per_sec`: tokens of all ranks per second of wall time between steps."""
+class Throughput(L.Callback):
+    """Logs `train/tokens_per_sec`, `train/flops_per_sec` and `train/mfu` every `every_n_steps` batches.
 
-    def __init__(self, every_n_steps: int = 10) -> None:
+    FLOPs per step are counted once with `torch.utils.flop_counter` on the student's real
+    layers (factored Kronecker GEMMs, frozen weights without gradients) plus the teacher's
+    forward when distilling. MFU divides the achieved FLOP/s of one device by its peak:
+    `peak_flops` when set, else the device's table entry for the training precision (H100,
+    H200, A100, L4, ...); without either (CPUs) MFU is not logged. The clock is read after a
+    device synchronisation only on logging steps, so it does not slow the other steps.
+    """
+
+    def __init__(self, every_n_steps: int = 10, peak_flops: float | None = None) -> None:
+        if every_n_steps < 1:
+            raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
         self.every_n_steps = every_n_steps
+        self.peak_override = peak_flops
+        self.peak: float | None = None
+        self.flops_per_batch: int | None = None
         self._t0: float | None = None
         self._tokens0 = 0
+        self._batches = 0
+        self._batches0 = 0
+
+    def on_fit_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        from lightning.pytorch.callbacks.throughput_monitor import _plugin_to_compute_dtype
+
+        from krony.flops import peak_flops
+
+        dtype = _plugin_to_compute_dtype(trainer.precision_plugin)
+        self.peak = peak_flops(trainer.strategy.root_device, dtype, self.peak_override)
+
+    def _count_flops(self, module: L.LightningModule, batch: torch.Tensor) -> int:
+        from krony.flops import train_flops
+
+        B, T = batch.shape[0], batch.shape[1] - 1  # batches are (B, T + 1): inputs and shifted targets
+        flops = train_flops(module.student, B, T)
+        if module.teacher is not None:
+            flops += train_flops(module.teacher, B, T, backward=False)
+        return flops
 
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
-        now = time.perf_counter()
-        if self._t0 is None:  # the first step includes start-up: start the clock after it
-            self._t0, self._tokens0 = now, module.tokens_seen
+        if self.flops_per_batch is None:
+            self.flops_per_batch = self._count_flops(module, batch)
+        self._batches += 1
+        if self._t0 is not None and self._batches - self._batches0 < self.every_n_steps:
             return
-        if trainer.global_step % self.every_n_steps == 0 and now > self._t0:
-            rate = (module.tokens_seen - self._tokens0) / (now - self._t0)
-            module.log("train/tokens_per_sec", rate, on_step=True, on_epoch=False)
-            self._t0, self._tokens0 = now, module.tokens_seen
+        if module.device.type == "cuda":
+            torch.cuda.synchronize(module.device)
+        now = time.perf_counter()
+        if self._t0 is not None and now > self._t0:  # the first step (start-up) only starts the clock
+            dt = now - self._t0
+            module.log("train/tokens_per_sec", (module.tokens_seen - self._tokens0) / dt, on_step=True, on_epoch=False)
+            flops_per_sec = self.flops_per_batch * (self._batches - self._batches0) / dt  # one device
+            module.log("train/flops_per_sec", flops_per_sec, on_step=True, on_epoch=False)
+            if self.peak:
+                module.log("train/mfu", flops_per_sec / self.peak, on_step=True, on_epoch=False)
+        self._t0, self._tokens0, self._batches0 = now, module.tokens_seen, self._batches
 
 
 class HParamsSummary(L.Callback):
@@ -138,4 +178,4 @@ class EvaluateAtEnd(L.Callback):
         (Path(self.dirpath) / "results.json").write_text(json.dumps(record, indent=2) + "\n")
 
 
-__all__ = ["EvaluateAtEnd", "ExportModel", "HParamsSummary", "TokensPerSecond"]
+__all__ = ["EvaluateAtEnd", "ExportModel", "HParamsSummary", "Throughput"]

@@ -1,0 +1,1 @@
+"""Benchmarks: `python -m krony.bench layer|model|data` (see `krony.bench.__main__`)."""

@@ -1,0 +1,45 @@
+"""Data pipeline tokens/s: the streaming `PackedBlocks` per dataloader worker, and memmap blocks."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from krony.data.__main__ import throughput as stream_throughput
+from krony.data.memmap import MemmapBlocks, prepare
+from krony.data.sources import TextSource
+
+SAMPLE = Path(__file__).resolve().parents[1] / "data" / "samples" / "openwebtext_sample.txt"
+"""The shipped OpenWebText sample: the default text for the data benchmark."""
+
+
+def memmap_throughput(directory: str | Path, block_size: int = 1024, workers: int = 0,
+                      seconds: float = 5.0, batch_size: int = 8) -> dict:
+    """Training tokens/s reading shuffled blocks of a prepared memmap through a DataLoader."""
+    ds = MemmapBlocks(directory, block_size)
+    tokens, t0 = 0, None
+    while t0 is None or time.perf_counter() - t0 < seconds:  # epochs until the time is up
+        loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=workers)
+        for batch in loader:
+            if t0 is None:  # start-up excluded, as for the stream
+                t0 = time.perf_counter()
+                continue
+            tokens += batch.numel()
+    dt = time.perf_counter() - t0
+    return {"source": "memmap", "workers": workers, "tokens_per_sec": tokens / dt,
+            "tokens_per_sec_per_worker": tokens / dt / max(1, workers)}
+
+
+def bench_data(files: list[str] | None = None, workers: list[int] = (0, 1, 2), block_size: int = 1024,
+               seconds: float = 5.0) -> list[dict]:
+    """Stream and memmap tokens/s for each worker count, on `files` (default: the shipped sample)."""
+    files = files or [str(SAMPLE)]
+    source = TextSource(path="text", name=None, revision=None, data_files=files, expected_files=None)
+    rows = [{"source": "stream", **stream_throughput(source, w, block_size, seconds)} for w in workers]
+    with tempfile.TemporaryDirectory() as tmp:
+        prepare(source, tmp, val_documents=1, workers=1)
+        rows += [memmap_throughput(tmp, block_size, w, seconds) for w in workers]
+    return rows

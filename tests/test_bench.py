@@ -1,0 +1,89 @@
+"""The benchmarks run and report what they claim: python -m krony.bench layer|model|data on tiny sizes."""
+
+import copy
+import json
+
+import pytest
+import torch
+
+from krony.bench.__main__ import main, markdown
+from krony.model import GPTConfig
+
+
+def test_layer_bench_rows_and_json(tmp_path, capsys):
+    out = tmp_path / "layer.json"
+    assert main(["layer", "--schemes", "67m", "81m", "mf2", "--tokens", "32", "--rounds", "1", "--out", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "| 67m | a_first | b_first |" in table
+    record = json.loads(out.read_text())
+    assert record["machine"]["threads"] == torch.get_num_threads()
+    rows = {r["scheme"]: r for r in record["rows"]}
+    assert set(rows) == {"67m", "81m", "mf2"}
+    assert rows["67m"]["bound"] == pytest.approx(19.2, rel=0.01)  # 2*768*3072 / (2*122,880 + ...) from the cost model
+    assert rows["81m"]["bound"] == pytest.approx(3.98, rel=0.01)
+    for r in rows.values():
+        assert r["dense_ms"] > 0 and r["kron_ms"] > 0
+        assert r["speedup"] == pytest.approx(r["dense_ms"] / r["kron_ms"])
+
+
+def test_model_bench_tiny(tmp_path, monkeypatch):
+    from krony.bench import model as bench_model
+
+    config = GPTConfig(block_size=64, vocab_size=101, n_layer=2, n_head=4, n_embd=64)
+    monkeypatch.setitem(bench_model.MODELS, "16x8", {"scheme": "16x8"})
+    rows = bench_model.bench_models(["gpt2", "16x8"], config, batch=2, seq_len=16, rounds=1, new_tokens=4,
+                                    prompt=4, peak=1e10)
+    dense, kron = rows
+    assert dense["train_speedup"] == 1.0 and dense["gen_speedup"] == 1.0
+    assert kron["params"] < dense["params"]
+    assert kron["flops_per_token"] < dense["flops_per_token"]
+    for r in rows:
+        assert r["train_tokens_per_sec"] > 0 and r["gen_tokens_per_sec"] > 0
+        assert 0 < r["mfu"] < 10
+        assert r["train_step_mib"] is None or r["train_step_mib"] >= 0
+
+
+def test_model_bench_rejects_unknown_model(capsys):
+    assert main(["model", "--models", "gpt2", "85m", "--n-layer", "1"]) == 2
+    assert "unknown model '85m'; valid choices: gpt2, 67m, 81m, 96m, mf2x4" in capsys.readouterr().err
+
+
+def test_cuda_requested_without_cuda_fails_clearly(capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["layer", "--device", "cuda"]) == 2
+    assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_data_bench_stream_and_memmap(tmp_path):
+    from krony.bench.data import bench_data
+
+    rows = bench_data(workers=[0], block_size=256, seconds=0.3)
+    assert [r["source"] for r in rows] == ["stream", "memmap"]
+    assert all(r["tokens_per_sec"] > 0 for r in rows)
+
+
+def test_markdown_skips_absent_columns_and_shows_none_as_dash():
+    text = markdown([{"a": 1, "b": None}], [("a", "{}"), ("b", "{:.1f}"), ("c", "{}")])
+    assert text.splitlines() == ["| a | b |", "|---|---|", "| 1 | - |"]
+
+
+def test_compile_has_no_graph_breaks_through_kronecker_layers(tiny_model, tokens):
+    from krony import compress
+
+    for scheme in ("16x8", "128x64"):  # factored pair; factor dims of 1 (the custom autograd functions)
+        model = compress(copy.deepcopy(tiny_model), scheme, init="random")
+        explanation = torch._dynamo.explain(model)(tokens[:1, :8], tokens[:1, :8])
+        assert explanation.graph_break_count == 0, explanation.break_reasons
+
+
+def test_bf16_autocast_on_cpu_runs_the_factored_paths(tiny_model, tokens):
+    from krony import compress
+
+    model = compress(tiny_model, "16x8", init="vanloan")
+    _, loss32 = model(tokens[:, :16], tokens[:, 1:17])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, loss = model(tokens[:, :16], tokens[:, 1:17])
+    assert logits.dtype == torch.bfloat16
+    assert loss.item() == pytest.approx(loss32.item(), rel=0.02)
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
