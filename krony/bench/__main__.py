@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     layer.add_argument("--schemes", nargs="*", default=None, help="scheme names or m1xn1 (default: all of Table 1)")
     layer.add_argument("--tokens", type=int, default=1024, help="tokens per forward")
     layer.add_argument("--factors", type=int, default=1, help="Kronecker factors per matrix")
+    layer.add_argument("--compile", action="store_true", help="torch.compile both pairs")
     model = sub.add_parser("model", parents=[common], help="training and generation tokens/s of whole models")
     from krony.bench.model import MODELS
 
@@ -82,8 +83,8 @@ def run(args: argparse.Namespace) -> list[dict]:
     if args.command == "layer":
         from krony.bench.layer import bench_layers
 
-        return bench_layers(args.schemes, args.tokens, args.device, torch.float32 if dtype == torch.float32 else dtype,
-                            args.factors, args.rounds)
+        return bench_layers(args.schemes, args.tokens, args.device, dtype,
+                            args.factors, args.rounds, args.compile)
     if args.command == "model":
         from krony.bench.model import bench_models
         from krony.model import GPTConfig

@@ -27,32 +27,38 @@ def ffn_pair(scheme: str | None, n_embd: int = 768, n_inner: int = 3072, factors
             KroneckerLinear(n_inner, n_embd, s.a_dims_for("c_proj"), factors, **kw))
 
 
-def pair_step(fc: nn.Module, proj: nn.Module, x: torch.Tensor):
-    """A closure running forward + backward of proj(fc(x))."""
+def pair_step(fc: nn.Module, proj: nn.Module, x: torch.Tensor, compile: bool = False):
+    """A closure running forward + backward of proj(fc(x)) (torch.compile'd with `compile`)."""
     grad = torch.ones(x.shape[:-1] + (proj.out_features,), device=x.device, dtype=x.dtype)
 
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return kron_ffn(x, fc, proj) if fusable(fc, proj) else proj(fc(x))
+
+    fwd = torch.compile(forward) if compile else forward
+
     def step() -> None:
-        y = kron_ffn(x, fc, proj) if fusable(fc, proj) else proj(fc(x))
-        y.backward(grad)
+        fwd(x).backward(grad)
 
     return step
 
 
 def bench_layers(schemes: list[str] | None = None, tokens: int = 1024, device: str = "cpu",
-                 dtype: torch.dtype = torch.float32, factors: int = 1, rounds: int = 7) -> list[dict]:
+                 dtype: torch.dtype = torch.float32, factors: int = 1, rounds: int = 7,
+                 compile: bool = False) -> list[dict]:
     """One row per scheme: milliseconds of both pairs, speedup, FLOP-ratio bound, paths."""
     names = schemes or [s.key for s in TABLE1 if s.name != "gpt2"]
     x = torch.randn(tokens, 768, device=device, dtype=dtype, requires_grad=True)
     dense_fc, dense_proj = ffn_pair(None, device=device, dtype=dtype)
-    dense_step = pair_step(dense_fc, dense_proj, x)
+    dense_step = pair_step(dense_fc, dense_proj, x, compile)
     rows = []
     for name in names:
         fc, proj = ffn_pair(name, factors=factors, device=device, dtype=dtype)
-        t = interleaved({"dense": dense_step, "kron": pair_step(fc, proj, x)}, device, rounds=rounds)
+        t = interleaved({"dense": dense_step, "kron": pair_step(fc, proj, x, compile)}, device, rounds=rounds,
+                        warmup=3 if compile else 2)
         dense_madds = fc.in_features * fc.out_features + proj.in_features * proj.out_features
         madds = fc.num_multiply_adds() + proj.num_multiply_adds()
         rows.append({
-            "scheme": name, "factors": factors, "tokens": tokens,
+            "scheme": name, "factors": factors, "tokens": tokens, "compile": compile,
             "path_fc": fc.chosen_path, "path_proj": proj.chosen_path,
             "dense_ms": 1e3 * t["dense"], "kron_ms": 1e3 * t["kron"],
             "speedup": t["dense"] / t["kron"], "bound": dense_madds / madds,

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from krony.data.memmap import MemmapBlocks
+from krony.data.memmap import EndlessShuffle, MemmapBlocks
 from krony.data.sources import TextSource
-from krony.data.stream import PackedBlocks
+from krony.data.stream import PackedBlocks, resume_position
 
 MODES = ("stream", "memmap")
 
@@ -54,6 +55,7 @@ class TextDataModule(L.LightningDataModule):
         self.source, self.mode, self.memmap_dir = source, mode, memmap_dir
         self.block_size, self.batch_size, self.num_workers = block_size, batch_size, num_workers
         self.val_documents, self.shuffle_buffer, self.seed = val_documents, shuffle_buffer, seed
+        self.batches_done = 0  # training batches of this rank already trained on (set when resuming)
 
     def _rank(self) -> tuple[int, int]:
         trainer = getattr(self, "trainer", None)
@@ -66,19 +68,48 @@ class TextDataModule(L.LightningDataModule):
         if self.mode == "memmap":
             return MemmapBlocks(self.memmap_dir, self.block_size, split)
         rank, world = self._rank()
+        resume = None
+        if split == "train" and self.batches_done:
+            resume = resume_position(self.batches_done, self.batch_size, self.num_workers)
         return PackedBlocks(
             self.source, self.block_size, split=split, val_documents=self.val_documents,
-            shuffle_buffer=self.shuffle_buffer, seed=self.seed, rank=rank, world_size=world,
+            shuffle_buffer=self.shuffle_buffer, seed=self.seed, rank=rank, world_size=world, resume=resume,
         )
 
     def _loader(self, split: str) -> DataLoader:
         ds = self.dataset(split)
         kwargs: dict[str, Any] = dict(batch_size=self.batch_size, num_workers=self.num_workers, pin_memory=torch.cuda.is_available())
+        # a loader of its own generator never draws from the global RNG (dropout's), so a resumed
+        # run's random numbers continue exactly where the checkpoint left them
+        kwargs["generator"] = torch.Generator().manual_seed(self.seed)
         if self.num_workers > 0:
             kwargs["persistent_workers"] = split == "train"
         if self.mode == "memmap" and split == "train":
-            kwargs.update(shuffle=True, generator=torch.Generator().manual_seed(self.seed), drop_last=True)
+            rank, world = self._rank()
+            start = self.batches_done * world * self.batch_size  # ranks take batch-sized turns along one order
+            kwargs["sampler"] = RankSlice(EndlessShuffle(len(ds), self.seed, start), rank, world, self.batch_size)
         return DataLoader(ds, **kwargs)
+
+    # ------------------------------------------------------------------ resuming
+
+    def state_dict(self) -> dict[str, Any]:
+        """Saved in every checkpoint: how far this rank's training stream has been trained on."""
+        module = self.trainer.lightning_module if getattr(self, "trainer", None) else None
+        return {"batches_done": getattr(module, "batches_trained", self.batches_done), "batch_size": self.batch_size,
+                "num_workers": self.num_workers, "world_size": self._rank()[1], "mode": self.mode}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume the training stream after the batches a checkpoint had trained on; refuses a
+        changed batch size, worker count, world size or mode (the position would not be exact)."""
+        now = {"batch_size": self.batch_size, "num_workers": self.num_workers, "world_size": self._rank()[1],
+               "mode": self.mode}
+        changed = [f"{k} {state[k]} -> {v}" for k, v in now.items() if k in state and state[k] != v]
+        if changed:
+            raise ValueError(
+                f"cannot resume the data stream exactly: {', '.join(changed)} since the checkpoint; set "
+                "data.batch_size / data.num_workers / devices back, or start afresh with resume=false"
+            )
+        self.batches_done = int(state.get("batches_done", 0))
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")
@@ -87,4 +118,19 @@ class TextDataModule(L.LightningDataModule):
         return self._loader("val")
 
 
-__all__ = ["MODES", "TextDataModule"]
+class RankSlice(torch.utils.data.Sampler[int]):
+    """Rank `rank` of `world`'s share of an index stream: batch-sized slices, ranks in turn."""
+
+    def __init__(self, indices, rank: int, world: int, batch_size: int) -> None:
+        self.indices, self.rank, self.world, self.batch_size = indices, rank, world, batch_size
+
+    def __iter__(self):
+        it = iter(self.indices)
+        while True:
+            chunks = [list(itertools.islice(it, self.batch_size)) for _ in range(self.world)]
+            if len(chunks[-1]) < self.batch_size:
+                return
+            yield from chunks[self.rank]
+
+
+__all__ = ["MODES", "RankSlice", "TextDataModule"]

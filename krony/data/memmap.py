@@ -90,4 +90,19 @@ class MemmapBlocks(Dataset):
         return {**self.__dict__, "_data": None}
 
 
-__all__ = ["MemmapBlocks", "prepare"]
+class EndlessShuffle(torch.utils.data.Sampler[int]):
+    """Block indices of endless epochs, each a fresh permutation seeded by (seed, epoch), starting
+    `start` indices in: a resumed run continues exactly where the interrupted one stopped."""
+
+    def __init__(self, n: int, seed: int, start: int = 0) -> None:
+        self.n, self.seed, self.start = n, seed, start
+
+    def __iter__(self):
+        epoch, offset = divmod(self.start, self.n)
+        while True:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            yield from torch.randperm(self.n, generator=g)[offset:].tolist()
+            epoch, offset = epoch + 1, 0
+
+
+__all__ = ["EndlessShuffle", "MemmapBlocks", "prepare"]

@@ -16,7 +16,9 @@ them, so no validation text is trained on.
 
 from __future__ import annotations
 
+import itertools
 import random
+from dataclasses import dataclass
 from typing import Iterator
 
 import torch
@@ -73,6 +75,10 @@ class PackedBlocks(IterableDataset):
         seed: seeds file order and buffer; the same seed and sharding give the same blocks.
         rank, world_size: DDP position (set by the data module).
         epochs: stop after this many passes (None: endless; val always makes one pass).
+        resume: where a resumed run picks up, from `resume_position`: blocks each worker already
+            delivered, and which worker delivers next. The skipped blocks are regenerated and
+            dropped (the shuffle buffer and packing state must be rebuilt), at the pipeline's
+            speed: use memmap data to resume long runs instantly.
     """
 
     def __init__(
@@ -86,12 +92,14 @@ class PackedBlocks(IterableDataset):
         rank: int = 0,
         world_size: int = 1,
         epochs: int | None = None,
+        resume: "ResumePosition | None" = None,
     ) -> None:
         if split not in ("train", "val"):
             raise ValueError(f"split must be 'train' or 'val', got {split!r}")
         self.source, self.block_size, self.split = source, block_size, split
         self.val_documents, self.shuffle_buffer, self.seed = val_documents, shuffle_buffer, seed
         self.rank, self.world_size, self.epochs = rank, world_size, epochs
+        self.resume = resume
 
     def documents(self, shard: int, num_shards: int, epoch: int = 0, shuffle_files: bool = True) -> Iterator[str]:
         """The documents shard `shard` of `num_shards` reads in `epoch` (files in seeded order, or
@@ -138,9 +146,33 @@ class PackedBlocks(IterableDataset):
             epoch += 1
 
     def __iter__(self) -> Iterator[torch.Tensor]:
-        shard, num_shards = shard_of(self.rank, self.world_size)
-        for block in self.blocks(shard, num_shards):
+        info = get_worker_info()
+        workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
+        skip = 0
+        if self.resume is not None:
+            # worker ids are relabelled so the new worker 0 continues the stream that was due next
+            worker = (worker + self.resume.next_worker) % workers
+            skip = self.resume.blocks[worker]
+        shard, num_shards = self.rank * workers + worker, self.world_size * workers
+        for block in itertools.islice(self.blocks(shard, num_shards), skip, None):
             yield torch.tensor(block, dtype=torch.long)
 
 
-__all__ = ["PackedBlocks", "pack", "shard_of", "shuffled"]
+@dataclass(frozen=True)
+class ResumePosition:
+    """Per dataloader worker, the blocks already delivered, and the worker whose batch is next."""
+
+    blocks: tuple[int, ...]
+    next_worker: int
+
+
+def resume_position(batches: int, batch_size: int, num_workers: int) -> ResumePosition:
+    """Where a stream stands after `batches` batches of one rank: a DataLoader takes batches
+    from its workers in turn (worker i gives batches i, i + W, ...), each of `batch_size`
+    consecutive blocks of that worker's stream."""
+    workers = max(1, num_workers)
+    per_worker = [batches // workers + (1 if w < batches % workers else 0) for w in range(workers)]
+    return ResumePosition(tuple(n * batch_size for n in per_worker), batches % workers)
+
+
+__all__ = ["PackedBlocks", "ResumePosition", "pack", "resume_position", "shard_of", "shuffled"]

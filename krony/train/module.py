@@ -8,6 +8,7 @@ config, never a pickled network.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import asdict
 from typing import Any
@@ -22,6 +23,8 @@ from krony.train.freeze import FreezeConfig, apply_freeze
 from krony.train.losses import DistillConfig, distillation_loss, lm_loss
 from krony.train.optim import OptimConfig, build_optimizer
 
+log = logging.getLogger(__name__)
+
 
 class LanguageModelModule(L.LightningModule):
     """Trains `self.student` on batches of (B, T + 1) token ids; optional teacher distillation.
@@ -30,6 +33,9 @@ class LanguageModelModule(L.LightningModule):
         model, optim, freeze, distill: fields of `ModelConfig`, `OptimConfig`, `FreezeConfig`, `DistillConfig`.
         seed: seeds random teacher weights and random inits.
         log_scalars_every: steps between logs of the Kronecker scalars.
+        max_bad_steps: steps in a row with a non-finite loss or gradient after which the run
+            stops (each is skipped: no update); 0 never stops.
+        bad_step_checkpoint: where that stop saves a checkpoint first (None: no save).
     """
 
     def __init__(
@@ -40,6 +46,8 @@ class LanguageModelModule(L.LightningModule):
         distill: dict[str, Any] | None = None,
         seed: int = 1337,
         log_scalars_every: int = 50,
+        max_bad_steps: int = 10,
+        bad_step_checkpoint: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(logger=False)
@@ -48,6 +56,12 @@ class LanguageModelModule(L.LightningModule):
         self.freeze_cfg = FreezeConfig(**(freeze or {}))
         self.distill_cfg = DistillConfig(**(distill or {}))
         self.log_scalars_every = log_scalars_every
+        if max_bad_steps < 0:
+            raise ValueError(f"max_bad_steps must be >= 0, got {max_bad_steps}")
+        self.max_bad_steps, self.bad_step_checkpoint = max_bad_steps, bad_step_checkpoint
+        self.skipped_steps = 0  # non-finite steps skipped over the run
+        self.bad_in_a_row = 0
+        self.batches_trained = 0  # training batches of this rank consumed (the data position to resume at)
         self.student, teacher, self.teacher_params = build_student(self.model_cfg, seed, keep_teacher=self.distill_cfg.enabled)
         self._teacher = [teacher] if teacher is not None else []  # a list: not a submodule, so not checkpointed
         self.frozen = apply_freeze(self.student, self.freeze_cfg)
@@ -84,6 +98,10 @@ class LanguageModelModule(L.LightningModule):
             loss = out.pop("loss")
             parts = {f"train/{k}": v for k, v in out.items()}
         self.tokens_seen += x.numel() * self.trainer.world_size
+        self.batches_trained += 1
+        if not self._all_ranks_finite(loss.detach()):
+            self._bad_step("loss")
+            return None  # Lightning skips backward and the update (the gradients stay None)
         self.log_dict(
             {"train/loss": loss, "train/ppl": torch.exp(loss.detach().clamp(max=30)), **parts},
             prog_bar=True, on_step=True, on_epoch=False,
@@ -91,6 +109,42 @@ class LanguageModelModule(L.LightningModule):
         self.log("train/tokens", float(self.tokens_seen), on_step=True, on_epoch=False)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
         return loss
+
+    # ------------------------------------------------------------------ non-finite guard
+
+    def _all_ranks_finite(self, value: torch.Tensor) -> bool:
+        bad = (~torch.isfinite(value)).any().float()
+        if self.trainer.world_size > 1:  # every rank must skip together
+            bad = self.trainer.strategy.reduce(bad, reduce_op="max")
+        return not bool(bad)
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        grads = [p.grad for p in self.student.parameters() if p.grad is not None]
+        if not grads:
+            return
+        norms = torch._foreach_norm(grads)
+        if self._all_ranks_finite(torch.stack(norms)):
+            self.bad_in_a_row = 0
+            return
+        for p in self.student.parameters():
+            p.grad = None  # AdamW skips parameters without gradients: no update, no moment change
+        self._bad_step("gradient")
+
+    def _bad_step(self, what: str) -> None:
+        self.skipped_steps += 1
+        self.bad_in_a_row += 1
+        self.log("train/skipped_steps", float(self.skipped_steps), on_step=True, on_epoch=False)
+        log.warning("step %d: non-finite %s, step skipped (%d in a row)", self.global_step, what, self.bad_in_a_row)
+        if self.max_bad_steps and self.bad_in_a_row >= self.max_bad_steps:
+            saved = ""
+            if self.bad_step_checkpoint:
+                self.trainer.save_checkpoint(self.bad_step_checkpoint)
+                saved = f"; checkpoint of the last good state saved to {self.bad_step_checkpoint}"
+            raise FloatingPointError(
+                f"training stopped at step {self.global_step}: {self.bad_in_a_row} steps in a row had a non-finite "
+                f"{what}{saved}. Lower optim.lr, add warm-up (optim.warmup_steps), check the data, or raise "
+                f"max_bad_steps"
+            )
 
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
         x, y = batch[:, :-1], batch[:, 1:]
@@ -109,6 +163,29 @@ class LanguageModelModule(L.LightningModule):
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.log_scalars_every and self.global_step % self.log_scalars_every == 0:
             self.log_dict(self.scalar_values(), on_step=True, on_epoch=False)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Counters and random states, so a resumed run continues exactly (tensors and plain
+        types only: the checkpoint loads with weights_only=True)."""
+        checkpoint["krony"] = {
+            "tokens_seen": self.tokens_seen, "batches_trained": self.batches_trained,
+            "skipped_steps": self.skipped_steps, "best_val_loss": self.best_val_loss,
+            "rng": rng_state(),
+        }
+        for logger in self.trainer.loggers:  # what was logged so far reaches the disk with the checkpoint
+            flush = getattr(getattr(logger, "experiment", None), "flush", None)
+            if callable(flush) and self.trainer.is_global_zero:
+                flush()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("krony")
+        if not state:
+            return
+        self.tokens_seen, self.batches_trained = state["tokens_seen"], state["batches_trained"]
+        self.skipped_steps, self.best_val_loss = state["skipped_steps"], state["best_val_loss"]
+        set_rng_state(state["rng"])
 
     # ------------------------------------------------------------------ setup
 
@@ -168,4 +245,37 @@ class LanguageModelModule(L.LightningModule):
         }
 
 
-__all__ = ["LanguageModelModule"]
+def rng_state() -> dict[str, Any]:
+    """Python, NumPy, torch CPU and CUDA random states as tensors and plain values."""
+    import random
+
+    import numpy as np
+
+    version, mt, gauss = random.getstate()
+    np_state = np.random.get_state()
+    state = {
+        "python": [version, list(mt), gauss],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype("int64")), *[float(v) for v in np_state[2:]]],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what `rng_state` saved."""
+    import random
+
+    import numpy as np
+
+    version, mt, gauss = state["python"]
+    random.setstate((version, tuple(mt), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype("uint32"), int(pos), int(has_gauss), cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+__all__ = ["LanguageModelModule", "rng_state", "set_rng_state"]

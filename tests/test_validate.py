@@ -1,0 +1,109 @@
+"""Bad configs fail before any model is built or data read, with one line naming key, value and the fix."""
+
+import pytest
+from omegaconf import open_dict
+
+from krony.validate import ConfigError, problems, validate
+from test_configs import make_cfg
+
+
+def error_for(tmp_path, overrides, edit=None) -> ConfigError:
+    cfg = make_cfg(tmp_path, overrides)
+    if edit:
+        with open_dict(cfg):
+            edit(cfg)
+    with pytest.raises(ConfigError) as info:
+        validate(cfg)
+    message = str(info.value)
+    assert "\n" not in message
+    return info.value
+
+
+def test_smoke_and_paper_configs_are_valid(tmp_path):
+    assert problems(make_cfg(tmp_path, [])) == []
+    assert problems(make_cfg(tmp_path, ["decomp=96m", "init=prune", "model=multifactor", "decomp=mf2", "init=vanloan"])) == []
+
+
+def test_unknown_scheme(tmp_path):
+    e = error_for(tmp_path, ["decomp=custom", "decomp.name=85m"])
+    assert e.key == "decomp.name" and e.value == "85m" and "valid names: 67m" in str(e)
+
+
+def test_unknown_init(tmp_path):
+    e = error_for(tmp_path, ["init.method=svd"])
+    assert str(e) == "init.method='svd': valid choices: vanloan, prune, random"
+
+
+def test_dims_that_do_not_divide(tmp_path):
+    e = error_for(tmp_path, ["decomp=custom", "decomp.name=100x32"])
+    assert e.key == "decomp.name" and "c_fc" in str(e) and "m1 must divide 3072" in str(e)
+
+
+@pytest.mark.parametrize("factors", [0, -2])
+def test_factors_below_one(tmp_path, factors):
+    e = error_for(tmp_path, [f"model.factors={factors}"])
+    assert e.key == "model.factors" and e.value == factors and ">= 1" in str(e)
+
+
+@pytest.mark.parametrize("lr", [0, -1e-4])
+def test_learning_rate_not_positive(tmp_path, lr):
+    e = error_for(tmp_path, [f"optim.lr={lr}"])
+    assert e.key == "optim.lr" and "> 0" in str(e)
+
+
+def test_context_above_the_models(tmp_path):
+    e = error_for(tmp_path, ["context=2048"])
+    assert str(e) == "context=2048: sequence length must be 1 to 1024, the teacher's context"
+
+
+def test_freezing_a_part_that_does_not_exist(tmp_path):
+    e = error_for(tmp_path, [], edit=lambda cfg: cfg.freeze.__setitem__("mlp", True))
+    assert e.key == "freeze.mlp" and "valid parts: embeddings, attention, layer_norms, scalars, scalars_value" in str(e)
+
+
+def test_freezing_scalars_of_a_model_without_them(tmp_path):
+    e = error_for(tmp_path, ["freeze=scalars_at_4"])
+    assert e.key == "freeze.scalars" and "model.scalars=true" in str(e)
+
+
+def test_prune_with_more_factors_than_b_has_entries(tmp_path):
+    e = error_for(tmp_path, ["decomp=96m", "init=prune", "model.factors=3"])  # B of 96m is (2, 1)
+    assert e.key == "model.factors" and "at most m2*n2 = 2" in str(e)
+
+
+def test_prune_offset_outside_b(tmp_path):
+    e = error_for(tmp_path, ["decomp=96m", "init=prune", "init.options.offsets=[[1,1]]"])
+    assert e.key == "init.options.offsets" and "outside B (2, 1)" in str(e)
+
+
+def test_missing_data_file(tmp_path):
+    e = error_for(tmp_path, ["data=local", f"data.source.data_files=[{tmp_path}/nope.txt]"])
+    assert e.key == "data.source.data_files" and "no file matches" in str(e)
+
+
+def test_missing_memmap(tmp_path):
+    e = error_for(tmp_path, ["data=memmap", f"data.memmap_dir={tmp_path}/none"])
+    assert e.key == "data.memmap_dir" and "python -m krony.data prepare" in str(e)
+
+
+def test_missing_teacher_checkpoint(tmp_path):
+    e = error_for(tmp_path, [f"model.teacher={tmp_path}/gpt2-local"])
+    assert e.key == "model.teacher" and "no such file or directory" in str(e)
+
+
+def test_uncached_hub_teacher_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    e = error_for(tmp_path, ["model.teacher=gpt2"])
+    assert e.key == "model.teacher" and "HF_HUB_OFFLINE" in str(e)
+
+
+def test_run_stops_before_building_anything(tmp_path, monkeypatch):
+    import krony.run
+
+    built = []
+    monkeypatch.setattr(krony.run, "build_module", lambda cfg: built.append(cfg))
+    cfg = make_cfg(tmp_path, ["model.factors=0"])
+    with pytest.raises(ConfigError, match="model.factors=0"):
+        krony.run.train(cfg)
+    assert built == []
