@@ -141,6 +141,8 @@ def hydra_main(cfg: DictConfig) -> float | None:
             with open_dict(cfg):
                 cfg.paths.output_dir = out
     log.info("run %s in %s", name, out)
+    if cfg.get("ckpt_path"):  # an explicit checkpoint wins (validate() checks it exists)
+        ckpt = cfg.ckpt_path
     write_status(out, key, "running", run_name=name, overrides=overrides)
     try:
         metrics = train(cfg, ckpt_path=ckpt)

@@ -180,10 +180,18 @@ def _sections(cfg: DictConfig) -> dict[str, Any]:
         "freeze": {k: v for k, v in (container.get("freeze") or {}).items() if k != "tag"},
         "data": {k: v for k, v in (container.get("data") or {}).items() if k != "_target_"},
         "context": container.get("context", 1024),
+        "ckpt_path": container.get("ckpt_path"),
     }
 
 
+def _check_ckpt(ckpt_path: str | None) -> None:
+    if ckpt_path and not Path(str(ckpt_path)).expanduser().is_file():
+        raise ConfigError("ckpt_path", ckpt_path, "no such checkpoint file; give a .ckpt from a run's "
+                          "checkpoints/ directory, or null to let resume find the last one")
+
+
 CHECKS: list[Callable[[dict[str, Any]], None]] = [
+    lambda s: _check_ckpt(s["ckpt_path"]),
     lambda s: _check_model(s["model"], s["context"]),
     lambda s: _check_optim(s["optim"]),
     lambda s: _check_freeze(s["freeze"], s["model"]),
@@ -192,7 +200,7 @@ CHECKS: list[Callable[[dict[str, Any]], None]] = [
 
 
 def problems(cfg: DictConfig) -> list[ConfigError]:
-    """Every check's first problem (one per area: model, optim, freeze, data)."""
+    """Every check's first problem (one per area: checkpoint, model, optim, freeze, data)."""
     sections = _sections(cfg)
     found = []
     for check in CHECKS:

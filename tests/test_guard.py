@@ -82,3 +82,14 @@ def test_skipped_step_changes_no_weight(tmp_path, monkeypatch):
     # the state before the update at step 2 equals the state before step 3: the skipped update did nothing
     for k in seen[2]:
         assert torch.equal(seen[2][k], seen[3][k]), k
+
+
+def test_checkpoint_of_another_scheme_is_refused_with_both_shapes(tmp_path):
+    cfg = make_cfg(tmp_path / "a", ["init=random", "decomp=67m", "trainer.max_steps=2", "trainer.val_check_interval=2"])
+    train(cfg)
+    ckpt = tmp_path / "a" / "out" / "checkpoints" / "last.ckpt"
+    assert ckpt.exists()
+    other = make_cfg(tmp_path / "b", ["init=random", "decomp=81m", "trainer.max_steps=4"])
+    with pytest.raises(ValueError, match=r"does not fit the configured model.*c_fc.A: checkpoint \(1, 64, 32\) "
+                                         r"vs configured \(1, 768, 768\)"):
+        train(other, ckpt_path=ckpt)

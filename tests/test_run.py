@@ -8,6 +8,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from krony import GPT, kronecker_layers
@@ -200,3 +201,20 @@ def test_evaluation_after_training_is_logged(tmp_path):
     tags = events(run).Tags()["scalars"]
     assert {"eval/wikitext2/ppl", "eval/lambada/ppl", "eval/lambada/last_word_acc"} <= set(tags)
     assert json.loads((run / "results.json").read_text())["results"]["wikitext2"]["tokens"] == 1024
+
+
+@pytest.mark.slow
+def test_same_seed_and_config_give_the_same_losses(tmp_path):
+    """Determinism: the smoke config twice, in two places, gives identical losses and weights on CPU."""
+    results = []
+    for name in ("first", "second"):
+        root = tmp_path / name
+        root.mkdir()
+        out = krony_run(["experiment=smoke", "trainer.enable_progress_bar=false"], root)
+        assert out.returncode == 0, out.stderr[-3000:]
+        (run,) = (root / "logs" / "runs").glob("*/*")
+        results.append(({e.step: e.value for e in events(run).Scalars("train/loss")}, GPT.from_pretrained(run / "export")))
+    (losses_a, model_a), (losses_b, model_b) = results
+    assert len(losses_a) == 4 and losses_a == losses_b
+    for (k, a), b in zip(model_a.state_dict().items(), model_b.state_dict().values()):
+        assert torch.equal(a, b), k

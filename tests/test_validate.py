@@ -107,3 +107,8 @@ def test_run_stops_before_building_anything(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="model.factors=0"):
         krony.run.train(cfg)
     assert built == []
+
+
+def test_missing_checkpoint_to_continue_from(tmp_path):
+    e = error_for(tmp_path, [f"ckpt_path={tmp_path}/last.ckpt"])
+    assert e.key == "ckpt_path" and "no such checkpoint file" in str(e)

@@ -29,6 +29,7 @@ class TextDataModule(L.LightningDataModule):
         val_documents: documents held out at the start of file 0 (stream mode).
         shuffle_buffer: blocks in the training shuffle buffer (stream mode).
         seed: seeds file order, shuffle buffer and memmap sampling.
+        max_document_chars: documents longer than this are cut (stream mode; 0: never).
     """
 
     def __init__(
@@ -42,6 +43,7 @@ class TextDataModule(L.LightningDataModule):
         val_documents: int = 1000,
         shuffle_buffer: int = 1000,
         seed: int = 1337,
+        max_document_chars: int = 1_000_000,
     ) -> None:
         super().__init__()
         if mode not in MODES:
@@ -55,6 +57,7 @@ class TextDataModule(L.LightningDataModule):
         self.source, self.mode, self.memmap_dir = source, mode, memmap_dir
         self.block_size, self.batch_size, self.num_workers = block_size, batch_size, num_workers
         self.val_documents, self.shuffle_buffer, self.seed = val_documents, shuffle_buffer, seed
+        self.max_document_chars = max_document_chars
         self.batches_done = 0  # training batches of this rank already trained on (set when resuming)
 
     def _rank(self) -> tuple[int, int]:
@@ -74,6 +77,7 @@ class TextDataModule(L.LightningDataModule):
         return PackedBlocks(
             self.source, self.block_size, split=split, val_documents=self.val_documents,
             shuffle_buffer=self.shuffle_buffer, seed=self.seed, rank=rank, world_size=world, resume=resume,
+            max_document_chars=self.max_document_chars,
         )
 
     def _loader(self, split: str) -> DataLoader:

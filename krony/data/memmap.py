@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from krony.data.sources import TextSource
-from krony.data.stream import PackedBlocks
+from krony.data.stream import PackedBlocks, clean_documents
 from krony.tokenizer import encode_document
 
 DTYPE = np.uint16
@@ -58,8 +58,9 @@ def prepare(source: TextSource, out_dir: str | os.PathLike, val_documents: int =
     meta = {"source": {k: v for k, v in vars(source).items() if not k.startswith("_")}, "val_documents": val_documents}
     for split in ("val", "train"):
         stream = PackedBlocks(source, block_size=1, split=split, val_documents=val_documents, seed=0)
-        docs = stream.documents(0, 1, shuffle_files=False)
+        docs = clean_documents(stream.documents(0, 1, shuffle_files=False), stream.stats, stream.max_document_chars)
         meta[f"{split}_tokens"] = _write_split(docs, out / f"{split}.bin", workers, f"prepare {split}")
+        meta[f"{split}_document_issues"] = dict(stream.stats.counts)
     (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     return meta
 

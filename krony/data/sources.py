@@ -8,9 +8,13 @@ file (when the file count divides the shard count) and keep its own position.
 from __future__ import annotations
 
 import glob
+import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
+
+log = logging.getLogger(__name__)
 
 LOCAL_BUILDERS = ("text", "json", "parquet")
 SAMPLES_DIR = Path(__file__).parent / "samples"
@@ -50,6 +54,11 @@ class TextSource:
     """Text files only: one document per "line", "paragraph" (blank-line separated) or whole "document"."""
     builder_kwargs: dict[str, Any] = field(default_factory=dict)
     """Extra arguments of `load_dataset`."""
+    retries: int = 5
+    """Times a file that fails mid-stream (network, storage) is reopened, resuming after the
+    documents already read, before the run stops with an error."""
+    retry_wait: float = 2.0
+    """Seconds before the first retry; doubled after each failure."""
 
     def __post_init__(self) -> None:
         self._ds = None
@@ -81,6 +90,7 @@ class TextSource:
                 kwargs["data_files"] = self.local_files()
                 if self.path == "text":
                     kwargs["sample_by"] = self.sample_by
+                    kwargs.setdefault("encoding_errors", "replace")  # invalid UTF-8 becomes U+FFFD, counted downstream
             else:
                 kwargs.update(name=self.name, revision=self.revision, data_files=self.data_files)
             try:
@@ -104,7 +114,29 @@ class TextSource:
         return self.dataset().num_shards
 
     def iter_file(self, index: int) -> Iterator[str]:
-        """The documents of file `index`, in file order."""
+        """The documents of file `index`, in file order. A read that fails mid-file is retried
+        `retries` times with growing waits, resuming after the documents already yielded."""
+        done, failures = 0, 0
+        while True:
+            try:
+                for j, text in enumerate(self._read_file(index)):
+                    if j >= done:
+                        done += 1
+                        yield text
+                return
+            except (OSError, ConnectionError, TimeoutError) as e:
+                failures += 1
+                if failures > self.retries:
+                    raise RuntimeError(
+                        f"file {index} of {self.path!r} failed {failures} times (last: {type(e).__name__}: {e}) after "
+                        f"{done} documents; check the network or storage, or raise data.source.retries"
+                    ) from e
+                wait = self.retry_wait * 2 ** (failures - 1)
+                log.warning("file %d of %r failed after %d documents (%s: %s); retry %d of %d in %.0f s",
+                            index, self.path, done, type(e).__name__, e, failures, self.retries, wait)
+                time.sleep(wait)
+
+    def _read_file(self, index: int) -> Iterator[str]:
         ds = self.dataset()
         part = ds.shard(num_shards=ds.num_shards, index=index) if ds.num_shards > 1 else ds
         # .iter() rather than iterating the dataset: inside a dataloader worker, datasets would

@@ -17,6 +17,7 @@ them, so no validation text is trained on.
 from __future__ import annotations
 
 import itertools
+import logging
 import random
 from dataclasses import dataclass
 from typing import Iterator
@@ -27,12 +28,55 @@ from torch.utils.data import IterableDataset, get_worker_info
 from krony.data.sources import TextSource
 from krony.tokenizer import encode_document
 
+log = logging.getLogger(__name__)
+
 
 def shard_of(rank: int, world_size: int) -> tuple[int, int]:
     """(shard index, shard count) of the calling dataloader worker under DDP rank `rank`."""
     info = get_worker_info()
     workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
     return rank * workers + worker, world_size * workers
+
+
+class DocumentStats:
+    """Counts of documents the stream had to handle specially, logged as they grow (1, 10, 100, ...)."""
+
+    KINDS = {
+        "empty": "empty or blank documents skipped",
+        "not_text": "non-text values skipped",
+        "invalid_utf8": "documents with invalid UTF-8 (bytes replaced by U+FFFD)",
+        "truncated": "documents cut at max_document_chars",
+        "long": "documents longer than one block (split over several)",
+    }
+
+    def __init__(self) -> None:
+        self.counts = dict.fromkeys(self.KINDS, 0)
+        self.documents = 0
+
+    def count(self, kind: str) -> None:
+        self.counts[kind] += 1
+        n = self.counts[kind]
+        if n in (1, 10, 100) or n % 1000 == 0:
+            log.warning("data: %d %s (of %d documents so far)", n, self.KINDS[kind], self.documents)
+
+
+def clean_documents(docs: Iterator[object], stats: DocumentStats, max_chars: int) -> Iterator[str]:
+    """Documents fit to tokenise: skips empty and non-text values, cuts documents over
+    `max_chars` characters (bounding tokeniser memory), counts invalid UTF-8 repairs."""
+    for doc in docs:
+        stats.documents += 1
+        if not isinstance(doc, str):
+            stats.count("empty" if doc is None else "not_text")
+            continue
+        if not doc.strip():
+            stats.count("empty")
+            continue
+        if "\ufffd" in doc:
+            stats.count("invalid_utf8")
+        if max_chars and len(doc) > max_chars:
+            stats.count("truncated")
+            doc = doc[:max_chars]
+        yield doc
 
 
 def pack(token_lists: Iterator[list[int]], length: int) -> Iterator[list[int]]:
@@ -75,6 +119,8 @@ class PackedBlocks(IterableDataset):
         seed: seeds file order and buffer; the same seed and sharding give the same blocks.
         rank, world_size: DDP position (set by the data module).
         epochs: stop after this many passes (None: endless; val always makes one pass).
+        max_document_chars: documents longer than this are cut (0: never), so one huge
+            document cannot exhaust the tokeniser's memory.
         resume: where a resumed run picks up, from `resume_position`: blocks each worker already
             delivered, and which worker delivers next. The skipped blocks are regenerated and
             dropped (the shuffle buffer and packing state must be rebuilt), at the pipeline's
@@ -93,6 +139,7 @@ class PackedBlocks(IterableDataset):
         world_size: int = 1,
         epochs: int | None = None,
         resume: "ResumePosition | None" = None,
+        max_document_chars: int = 1_000_000,
     ) -> None:
         if split not in ("train", "val"):
             raise ValueError(f"split must be 'train' or 'val', got {split!r}")
@@ -100,6 +147,8 @@ class PackedBlocks(IterableDataset):
         self.val_documents, self.shuffle_buffer, self.seed = val_documents, shuffle_buffer, seed
         self.rank, self.world_size, self.epochs = rank, world_size, epochs
         self.resume = resume
+        self.max_document_chars = max_document_chars
+        self.stats = DocumentStats()  # of the iterating process (each dataloader worker has its own)
 
     def documents(self, shard: int, num_shards: int, epoch: int = 0, shuffle_files: bool = True) -> Iterator[str]:
         """The documents shard `shard` of `num_shards` reads in `epoch` (files in seeded order, or
@@ -129,8 +178,8 @@ class PackedBlocks(IterableDataset):
         """Token blocks of one shard, over all epochs."""
         epoch = 0
         while self.epochs is None or epoch < self.epochs:
-            docs = self.documents(shard, num_shards, epoch)
-            packed = pack(map(encode_document, docs), self.block_size + 1)
+            docs = clean_documents(self.documents(shard, num_shards, epoch), self.stats, self.max_document_chars)
+            packed = pack(map(self._encode, docs), self.block_size + 1)
             if self.split == "val":
                 yield from packed
                 return
@@ -144,6 +193,12 @@ class PackedBlocks(IterableDataset):
                     f"too little text for this block size, rank and worker count"
                 )
             epoch += 1
+
+    def _encode(self, text: str) -> list[int]:
+        ids = encode_document(text)
+        if len(ids) > self.block_size + 1:
+            self.stats.count("long")
+        return ids
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         info = get_worker_info()
@@ -175,4 +230,4 @@ def resume_position(batches: int, batch_size: int, num_workers: int) -> ResumePo
     return ResumePosition(tuple(n * batch_size for n in per_worker), batches % workers)
 
 
-__all__ = ["PackedBlocks", "ResumePosition", "pack", "resume_position", "shard_of", "shuffled"]
+__all__ = ["DocumentStats", "PackedBlocks", "clean_documents", "ResumePosition", "pack", "resume_position", "shard_of", "shuffled"]

@@ -180,6 +180,15 @@ class LanguageModelModule(L.LightningModule):
                 flush()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        ours = self.state_dict()
+        theirs = checkpoint.get("state_dict", {})
+        mismatched = [f"{k}: checkpoint {tuple(theirs[k].shape)} vs configured {tuple(v.shape)}"
+                      for k, v in ours.items() if k in theirs and tuple(theirs[k].shape) != tuple(v.shape)]
+        missing = [k for k in ours if k not in theirs]
+        if mismatched or missing:
+            detail = "; ".join(mismatched[:4] + ([f"missing {', '.join(missing[:4])}"] if missing else []))
+            raise ValueError(f"the checkpoint does not fit the configured model (another scheme, factors or "
+                             f"teacher?): {detail}")
         state = checkpoint.get("krony")
         if not state:
             return
