@@ -67,7 +67,7 @@ def _check_teacher(model: dict[str, Any]) -> None:
 
         repo = HUB_REPOS.get(str(teacher), str(teacher))
         if not isinstance(try_to_load_from_cache(repo, "model.safetensors"), str):
-            raise ConfigError("model.teacher", teacher, "HF_HUB_OFFLINE is set and the hub copy is not cached; "
+            raise ConfigError("model.teacher", teacher, "HF_HUB_OFFLINE is set and no local copy is cached; "
                               "use a local directory (model.teacher=/path) or experiment=smoke")
 
 

@@ -81,6 +81,10 @@ def reference(tmp_path_factory):
     root = tmp_path_factory.mktemp("reference")
     run(root)
     d = job_dir(root)
+    # retention: the newest 2 periodic checkpoints (of 5 written), best.ckpt, last.ckpt linking the newest
+    names = sorted(p.name for p in (d / "checkpoints").iterdir())
+    assert names == ["best.ckpt", "last.ckpt", "step00000008.ckpt", "step00000010.ckpt"]
+    assert (d / "checkpoints" / "last.ckpt").resolve().name == "step00000010.ckpt"
     return losses(d), weights(d)
 
 
@@ -132,27 +136,22 @@ def test_kill_during_a_checkpoint_save_leaves_the_previous_one(tmp_path, referen
 
 
 @pytest.mark.slow
-def test_kill_before_any_checkpoint_starts_afresh(tmp_path, reference):
-    run_and_kill(tmp_path, lambda: any((tmp_path / "logs").rglob("job.json")))
-    run(tmp_path)
-    assert_same_as_reference(tmp_path, reference)
-
-
-@pytest.mark.slow
-def test_finished_run_is_skipped_and_resume_false_trains_again(tmp_path):
+def test_killed_before_a_checkpoint_starts_afresh_then_a_finished_run_is_skipped(tmp_path):
     args = BASE + ["trainer.max_steps=2", "trainer.val_check_interval=2"]
-    run(tmp_path, args)
-    run(tmp_path, args)
+    run_and_kill(tmp_path, lambda: any((tmp_path / "logs").rglob("job.json")), args)
+    run(tmp_path, args)  # nothing to continue from: a fresh run in a new directory
     dirs = run_dirs(tmp_path)
-    assert len(dirs) == 2 and "finished earlier in" in dirs[1].joinpath("skipped.txt").read_text()
+    assert [json.loads((d / "job.json").read_text())["status"] for d in dirs] == ["running", "finished"]
+    run(tmp_path, args)
+    assert "finished earlier in" in run_dirs(tmp_path)[2].joinpath("skipped.txt").read_text()
     run(tmp_path, args + ["resume=false"])
-    assert len([d for d in run_dirs(tmp_path) if (d / "job.json").exists()]) == 2
+    assert len([d for d in run_dirs(tmp_path) if (d / "job.json").exists()]) == 3
 
 
 @pytest.mark.slow
 def test_multirun_again_skips_finished_jobs_and_resumes_the_interrupted_one(tmp_path):
-    sweep = ["-m", *ARGS, "model.factors=1,2"]
-    second = lambda: any((tmp_path / "logs" / "sweeps").rglob("*-r2/checkpoints/step00000004.ckpt"))  # noqa: E731
+    sweep = ["-m", *BASE, "trainer.max_steps=6", "trainer.val_check_interval=6", "model.factors=1,2"]
+    second = lambda: any((tmp_path / "logs" / "sweeps").rglob("*-r2/checkpoints/step00000002.ckpt"))  # noqa: E731
     run_and_kill(tmp_path, second, sweep)
     run(tmp_path, sweep)
     first_sweep, second_sweep = sorted((tmp_path / "logs" / "sweeps").iterdir())
@@ -161,7 +160,7 @@ def test_multirun_again_skips_finished_jobs_and_resumes_the_interrupted_one(tmp_
     for job in ("64x32-random-r1", "64x32-random-r2"):
         status = json.loads((first_sweep / job / "job.json").read_text())
         assert status["status"] == "finished"
-        assert torch.load(latest_checkpoint(first_sweep / job), weights_only=True)["global_step"] == 10
+        assert torch.load(latest_checkpoint(first_sweep / job), weights_only=True)["global_step"] == 6
 
 
 def test_job_key_ignores_order_and_bookkeeping_overrides():

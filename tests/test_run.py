@@ -204,17 +204,15 @@ def test_evaluation_after_training_is_logged(tmp_path):
 
 
 @pytest.mark.slow
-def test_same_seed_and_config_give_the_same_losses(tmp_path):
-    """Determinism: the smoke config twice, in two places, gives identical losses and weights on CPU."""
-    results = []
-    for name in ("first", "second"):
-        root = tmp_path / name
-        root.mkdir()
-        out = krony_run(["experiment=smoke", "trainer.enable_progress_bar=false"], root)
-        assert out.returncode == 0, out.stderr[-3000:]
-        (run,) = (root / "logs" / "runs").glob("*/*")
-        results.append(({e.step: e.value for e in events(run).Scalars("train/loss")}, GPT.from_pretrained(run / "export")))
-    (losses_a, model_a), (losses_b, model_b) = results
-    assert len(losses_a) == 4 and losses_a == losses_b
-    for (k, a), b in zip(model_a.state_dict().items(), model_b.state_dict().values()):
-        assert torch.equal(a, b), k
+def test_same_seed_and_config_give_the_same_losses(smoke_sweep, tmp_path):
+    """Determinism: a smoke job of the sweep, run again on its own elsewhere, gives identical
+    losses and weights on CPU."""
+    out = krony_run(["experiment=smoke", "decomp=67m", "init=prune", "trainer.enable_progress_bar=false"], tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (again,) = (tmp_path / "logs" / "runs").glob("*/*")
+    (first,) = (smoke_sweep / "logs" / "sweeps").glob("*/67m-prune-r1")
+    losses = [{e.step: e.value for e in events(d).Scalars("train/loss")} for d in (first, again)]
+    assert len(losses[0]) == 4 and losses[0] == losses[1]
+    a, b = GPT.from_pretrained(first / "export").state_dict(), GPT.from_pretrained(again / "export").state_dict()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k

@@ -31,13 +31,6 @@ from krony.tokenizer import encode_document
 log = logging.getLogger(__name__)
 
 
-def shard_of(rank: int, world_size: int) -> tuple[int, int]:
-    """(shard index, shard count) of the calling dataloader worker under DDP rank `rank`."""
-    info = get_worker_info()
-    workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
-    return rank * workers + worker, world_size * workers
-
-
 class DocumentStats:
     """Counts of documents the stream had to handle specially, logged as they grow (1, 10, 100, ...)."""
 
@@ -230,4 +223,4 @@ def resume_position(batches: int, batch_size: int, num_workers: int) -> ResumePo
     return ResumePosition(tuple(n * batch_size for n in per_worker), batches % workers)
 
 
-__all__ = ["DocumentStats", "PackedBlocks", "clean_documents", "ResumePosition", "pack", "resume_position", "shard_of", "shuffled"]
+__all__ = ["DocumentStats", "PackedBlocks", "clean_documents", "ResumePosition", "pack", "resume_position", "shuffled"]

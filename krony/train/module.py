@@ -61,6 +61,7 @@ class LanguageModelModule(L.LightningModule):
         self.max_bad_steps, self.bad_step_checkpoint = max_bad_steps, bad_step_checkpoint
         self.skipped_steps = 0  # non-finite steps skipped over the run
         self.bad_in_a_row = 0
+        self._bad_loss = False  # the current step's loss was not finite (on any rank)
         self.batches_trained = 0  # training batches of this rank consumed (the data position to resume at)
         self.student, teacher, self.teacher_params = build_student(self.model_cfg, seed, keep_teacher=self.distill_cfg.enabled)
         self._teacher = [teacher] if teacher is not None else []  # a list: not a submodule, so not checkpointed
@@ -100,8 +101,10 @@ class LanguageModelModule(L.LightningModule):
         self.tokens_seen += x.numel() * self.trainer.world_size
         self.batches_trained += 1
         if not self._all_ranks_finite(loss.detach()):
-            self._bad_step("loss")
-            return None  # Lightning skips backward and the update (the gradients stay None)
+            # a finite zero tied to every trainable weight: backward runs on every rank (DDP cannot
+            # skip it), then on_before_optimizer_step drops the gradients and the update
+            self._bad_loss = True
+            return sum(p.sum() for p in self.student.parameters() if p.requires_grad) * 0.0
         self.log_dict(
             {"train/loss": loss, "train/ppl": torch.exp(loss.detach().clamp(max=30)), **parts},
             prog_bar=True, on_step=True, on_epoch=False,
@@ -119,16 +122,14 @@ class LanguageModelModule(L.LightningModule):
         return not bool(bad)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        bad_loss, self._bad_loss = self._bad_loss, False
         grads = [p.grad for p in self.student.parameters() if p.grad is not None]
-        if not grads:
-            return
-        norms = torch._foreach_norm(grads)
-        if self._all_ranks_finite(torch.stack(norms)):
+        if not bad_loss and (not grads or self._all_ranks_finite(torch.stack(torch._foreach_norm(grads)))):
             self.bad_in_a_row = 0
             return
         for p in self.student.parameters():
             p.grad = None  # AdamW skips parameters without gradients: no update, no moment change
-        self._bad_step("gradient")
+        self._bad_step("loss" if bad_loss else "gradient")
 
     def _bad_step(self, what: str) -> None:
         self.skipped_steps += 1
