@@ -24,6 +24,11 @@ per call and used in one dense matmul. Per token and factor, in multiply-adds:
 The factored paths cost r times their count with r factors. `choose_path`
 picks the cheapest; building W (r*m1*m2*n1*n2 per call) is spread over all
 the tokens of a call and left out of the count.
+
+The factored paths run with the N tokens in the middle of the activation,
+(n1, N, n2) -> (m1, N, m2) (`kron_matmul_factored`): each product is then one
+large GEMM, forward and backward, with no layout copies, and `kron_ffn` keeps
+an MLP's hidden state in that layout between c_fc and c_proj.
 """
 
 from __future__ import annotations
