@@ -86,16 +86,14 @@ def to_hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
     return out
 
 
-def load_state_dict_checked(model: nn.Module, sd: dict[str, torch.Tensor]) -> None:
-    """`load_state_dict` that raises a ValueError listing missing and unexpected keys and shape mismatches."""
-    expected = model.state_dict()
-    if getattr(model, "config", None) is not None and model.config.tie_embeddings:
-        expected.pop("lm_head.weight", None)
-        sd = {k: v for k, v in sd.items() if k != "lm_head.weight"}
+def state_dict_problems(expected: dict[str, torch.Tensor], sd: dict[str, torch.Tensor], label: str = "model",
+                        unexpected_ok: bool = False) -> list[str]:
+    """What keeps `sd` from loading where `expected` is: missing keys, unexpected keys (unless
+    `unexpected_ok`), and shape mismatches written "key: checkpoint (..) vs <label> (..)"."""
     missing = sorted(set(expected) - set(sd))
-    unexpected = sorted(set(sd) - set(expected))
+    unexpected = [] if unexpected_ok else sorted(set(sd) - set(expected))
     mismatched = [
-        f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(expected[k].shape)}"
+        f"{k}: checkpoint {tuple(sd[k].shape)} vs {label} {tuple(expected[k].shape)}"
         for k in sorted(set(sd) & set(expected))
         if tuple(sd[k].shape) != tuple(expected[k].shape)
     ]
@@ -106,6 +104,16 @@ def load_state_dict_checked(model: nn.Module, sd: dict[str, torch.Tensor]) -> No
         problems.append(f"unexpected keys ({len(unexpected)}): {_short_list(unexpected)}")
     if mismatched:
         problems.append(f"shape mismatches ({len(mismatched)}): {_short_list(mismatched)}")
+    return problems
+
+
+def load_state_dict_checked(model: nn.Module, sd: dict[str, torch.Tensor]) -> None:
+    """`load_state_dict` that raises a ValueError listing missing and unexpected keys and shape mismatches."""
+    expected = model.state_dict()
+    if getattr(model, "config", None) is not None and model.config.tie_embeddings:
+        expected.pop("lm_head.weight", None)
+        sd = {k: v for k, v in sd.items() if k != "lm_head.weight"}
+    problems = state_dict_problems(expected, sd)
     if problems:
         raise ValueError("state dict does not fit the model: " + "; ".join(problems))
     model.load_state_dict(sd, strict=False)

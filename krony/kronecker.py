@@ -182,18 +182,20 @@ def kron_matmul(
     B: torch.Tensor,
     scalars: torch.Tensor | None = None,
     path: str = "b_first",
+    bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """y = x @ W^T with W = sum_i s_i kron(A_i, B_i), computed along `path`; no bias.
+    """y = x @ W^T (+ bias) with W = sum_i s_i kron(A_i, B_i), computed along `path`.
 
-    x: (..., n1*n2), A: (r, m1, n1), B: (r, m2, n2), scalars: (r,) or None -> (..., m1*m2).
+    x: (..., n1*n2), A: (r, m1, n1), B: (r, m2, n2), scalars: (r,) or None, bias: (m1*m2,)
+    or None -> (..., m1*m2).
     """
     if path == "dense":
-        return F.linear(x, kron_weight(A, B, scalars))
+        return F.linear(x, kron_weight(A, B, scalars), bias)
     if path not in PATHS:
         raise ValueError(f"unknown path {path!r}; valid paths: {', '.join(PATHS)}")
     _, _, n1 = A.shape
     n2 = B.shape[2]
-    y = kron_matmul_factored(to_factored(x, n1, n2), A, B, scalars, path)  # (m1, N, m2)
+    y = kron_matmul_factored(to_factored(x, n1, n2), A, B, scalars, path, bias)  # (m1, N, m2)
     return from_factored(y, x.shape[:-1])
 
 
@@ -256,6 +258,7 @@ class KroneckerLinear(nn.Module):
         self.scalars = nn.Parameter(torch.ones(self.factors, **kw)) if scalars else None
         self.bias = nn.Parameter(torch.zeros(out_features, **kw)) if bias else None
         self.path = path  # validated by the setter below
+        self._weight_cache: tuple | None = None  # (factor versions, W) for gradient-free dense calls
         self.reset_parameters()
 
     @property
@@ -302,18 +305,14 @@ class KroneckerLinear(nn.Module):
     def forward(self, x: torch.Tensor, path: str | None = None) -> torch.Tensor:
         """x: (..., in_features) -> (..., out_features); `path` overrides the layer's path for this call."""
         path = path or self.chosen_path
-        if path == "dense":
+        if path == "dense":  # W kept between calls while gradients are off (see _dense_weight)
             return F.linear(x, self._dense_weight(), self.bias)
-        y = self.forward_factored(to_factored(x, self.n1, self.n2), path)  # (m1, N, m2)
-        return from_factored(y, x.shape[:-1])
+        return kron_matmul(x, self.A, self.B, self.scalars, path, self.bias)
 
-    def forward_factored(self, xp: torch.Tensor, path: str | None = None) -> torch.Tensor:
-        """The layer in the token-middle layout: xp (n1, N, n2) -> (m1, N, m2), bias included."""
-        path = path or self.chosen_path
-        if path == "dense":  # the layout is a permutation of features, so dense goes via the usual one
-            lead = (xp.shape[1],)
-            return to_factored(self.forward(from_factored(xp, lead), "dense"), self.m1, self.m2)
-        return kron_matmul_factored(xp, self.A, self.B, self.scalars, path, self.bias)
+    def forward_factored(self, xp: torch.Tensor) -> torch.Tensor:
+        """The layer in the token-middle layout, on a factored path (see `fusable`):
+        xp (n1, N, n2) -> (m1, N, m2), bias included."""
+        return kron_matmul_factored(xp, self.A, self.B, self.scalars, self.chosen_path, self.bias)
 
     def _dense_weight(self) -> torch.Tensor:
         """`to_dense()`, kept between calls while gradients are off and the factors unchanged
@@ -323,7 +322,7 @@ class KroneckerLinear(nn.Module):
             return self.to_dense()
         params = [p for p in (self.A, self.B, self.scalars) if p is not None]
         key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
-        cache = getattr(self, "_weight_cache", None)
+        cache = self._weight_cache
         if cache is None or cache[0] != key:
             cache = (key, self.to_dense())
             self._weight_cache = cache

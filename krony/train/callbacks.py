@@ -40,7 +40,6 @@ class Throughput(L.Callback):
         self.flops_per_batch: int | None = None
         self._t0: float | None = None
         self._tokens0 = 0
-        self._batches = 0
         self._batches0 = 0
 
     def on_fit_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
@@ -63,8 +62,7 @@ class Throughput(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.flops_per_batch is None:
             self.flops_per_batch = self._count_flops(module, batch)
-        self._batches += 1
-        if self._t0 is not None and self._batches - self._batches0 < self.every_n_steps:
+        if self._t0 is not None and module.batches_trained - self._batches0 < self.every_n_steps:
             return
         if module.device.type == "cuda":
             torch.cuda.synchronize(module.device)
@@ -72,11 +70,11 @@ class Throughput(L.Callback):
         if self._t0 is not None and now > self._t0:  # the first step (start-up) only starts the clock
             dt = now - self._t0
             module.log("train/tokens_per_sec", (module.tokens_seen - self._tokens0) / dt, on_step=True, on_epoch=False)
-            flops_per_sec = self.flops_per_batch * (self._batches - self._batches0) / dt  # one device
+            flops_per_sec = self.flops_per_batch * (module.batches_trained - self._batches0) / dt  # one device
             module.log("train/flops_per_sec", flops_per_sec, on_step=True, on_epoch=False)
             if self.peak:
                 module.log("train/mfu", flops_per_sec / self.peak, on_step=True, on_epoch=False)
-        self._t0, self._tokens0, self._batches0 = now, module.tokens_seen, self._batches
+        self._t0, self._tokens0, self._batches0 = now, module.tokens_seen, module.batches_trained
 
 
 class HParamsSummary(L.Callback):

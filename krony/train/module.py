@@ -17,6 +17,7 @@ import lightning as L
 import torch
 from torchmetrics import MeanMetric
 
+from krony.checkpoint import state_dict_problems
 from krony.compress import count_params, kronecker_layers
 from krony.train.build import ModelConfig, build_student
 from krony.train.freeze import FreezeConfig, apply_freeze
@@ -181,15 +182,11 @@ class LanguageModelModule(L.LightningModule):
                 flush()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        ours = self.state_dict()
-        theirs = checkpoint.get("state_dict", {})
-        mismatched = [f"{k}: checkpoint {tuple(theirs[k].shape)} vs configured {tuple(v.shape)}"
-                      for k, v in ours.items() if k in theirs and tuple(theirs[k].shape) != tuple(v.shape)]
-        missing = [k for k in ours if k not in theirs]
-        if mismatched or missing:
-            detail = "; ".join(mismatched[:4] + ([f"missing {', '.join(missing[:4])}"] if missing else []))
+        problems = state_dict_problems(self.state_dict(), checkpoint.get("state_dict", {}), "configured",
+                                       unexpected_ok=True)
+        if problems:
             raise ValueError(f"the checkpoint does not fit the configured model (another scheme, factors or "
-                             f"teacher?): {detail}")
+                             f"teacher?): {'; '.join(problems)}")
         state = checkpoint.get("krony")
         if not state:
             return
