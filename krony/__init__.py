@@ -3,35 +3,22 @@
 The math lives in plain PyTorch modules: `kronecker` (the layer and its cost model),
 `inits` (Van Loan, pruning, random), `schemes` (Table 1), `model` (GPT-2),
 `compress` (swap layers, count parameters) and `checkpoint` (HF / hub / local files).
+The names below are imported on first use, so `import krony` itself is instant.
 """
 
-from krony.compress import compress, count_params, decompress, kronecker_layers, model_size
-from krony.inits import INITS, prune, random_factors, vanloan
-from krony.kronecker import KroneckerLinear, choose_path, kron_weight, path_costs
-from krony.model import GPT, PRESETS, GPTConfig
-from krony.schemes import SCHEMES, TABLE1, Scheme, get_scheme
+from krony._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "GPT",
-    "GPTConfig",
-    "INITS",
-    "KroneckerLinear",
-    "PRESETS",
-    "SCHEMES",
-    "TABLE1",
-    "Scheme",
-    "choose_path",
-    "compress",
-    "count_params",
-    "decompress",
-    "get_scheme",
-    "kron_weight",
-    "kronecker_layers",
-    "model_size",
-    "path_costs",
-    "prune",
-    "random_factors",
-    "vanloan",
-]
+_EXPORTS = {
+    "compress": "krony.compression", "count_params": "krony.compression", "decompress": "krony.compression",
+    "kronecker_layers": "krony.compression", "model_size": "krony.compression",
+    "INITS": "krony.inits", "prune": "krony.inits", "random_factors": "krony.inits", "vanloan": "krony.inits",
+    "KroneckerLinear": "krony.kronecker", "choose_path": "krony.kronecker", "kron_weight": "krony.kronecker",
+    "path_costs": "krony.kronecker",
+    "GPT": "krony.model",
+    "GPTConfig": "krony.config", "PRESETS": "krony.config",
+    "SCHEMES": "krony.schemes", "TABLE1": "krony.schemes", "Scheme": "krony.schemes", "get_scheme": "krony.schemes",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -13,7 +13,7 @@ from typing import Sequence
 
 import torch
 
-from krony.compress import CONVENTIONS, compress, count_params, decompress, kronecker_layers, model_size
+from krony.compression import CONVENTIONS, compress, count_params, decompress, kronecker_layers, model_size
 from krony.inits import INITS
 from krony.kronecker import path_costs
 from krony.model import GPT, PRESETS, GPTConfig

@@ -28,7 +28,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from krony.compress import kronecker_layers, replace_module
+from krony.compression import kronecker_layers, replace_module
 from krony.kronecker import KroneckerLinear
 from krony.model import GPT, GPTConfig
 

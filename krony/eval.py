@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
-from krony.compress import count_params
+from krony.compression import count_params
 from krony.evaluate import DATASETS, PROTOCOLS, lambada_accuracy, lm_eval_wikitext, load_rows, score_windows, token_ids
 from krony.model import GPT
 

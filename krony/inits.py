@@ -14,7 +14,9 @@ from typing import Callable, Sequence
 import torch
 from einops import rearrange
 
-from krony.kronecker import check_dims, kron_weight
+from krony.config import INIT_METHODS
+from krony.kronecker import kron_weight
+from krony.schemes import check_dims
 
 Factors = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -147,11 +149,8 @@ def random_factors(
 
 InitFn = Callable[..., Factors]
 
-INITS: dict[str, InitFn] = {
-    "vanloan": vanloan,
-    "prune": prune,
-    "random": random_factors,
-}
+INITS: dict[str, InitFn] = dict(zip(INIT_METHODS, (vanloan, prune, random_factors)))
+"""The init functions by the names configs use (`krony.config.INIT_METHODS`)."""
 
 
 def get_init(name: str | InitFn) -> InitFn:

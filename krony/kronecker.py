@@ -39,6 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from krony.schemes import check_dims
+
 Path = Literal["b_first", "a_first", "dense"]
 PATHS: tuple[str, ...] = ("b_first", "a_first", "dense")
 
@@ -56,6 +58,28 @@ def choose_path(m1: int, n1: int, m2: int, n2: int, factors: int = 1) -> str:
     """The cheapest path by `path_costs`; ties go to the factored paths, b_first first."""
     costs = path_costs(m1, n1, m2, n2, factors)
     return min(PATHS, key=lambda p: costs[p])  # min keeps the first of equal costs
+
+
+def autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The dtype autocast casts to on `device_type`, or None when autocast is off there (or the
+    device has no autocast, as the meta device of FLOP counting)."""
+    try:
+        return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+    except RuntimeError:
+        return None
+
+
+def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    """The dtype products of `tensors` run in: autocast's dtype when autocast is on for their
+    device (as for `F.linear`), else their promoted dtype. Custom autograd Functions cast their
+    inputs to it, so their saved tensors, outputs and backward agree under bf16/fp16 autocast."""
+    autocast = autocast_dtype(tensors[0].device.type)
+    if autocast is not None:
+        return autocast
+    dtype = tensors[0].dtype
+    for t in tensors[1:]:
+        dtype = torch.promote_types(dtype, t.dtype)
+    return dtype
 
 
 def kron_weight(A: torch.Tensor, B: torch.Tensor, scalars: torch.Tensor | None = None) -> torch.Tensor:
@@ -84,18 +108,23 @@ class _OuterBias(torch.autograd.Function):
 
     The product of a factor dim of 1; autograd's own backward for the broadcast multiply
     would materialise two output-sized temporaries, this one uses two matrix-vector products.
+    Inputs are cast to `compute_dtype` (autocast's under mixed precision), so the output is
+    what a linear layer would give and the backward's products see one dtype.
     """
 
     @staticmethod
     def forward(ctx, u: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        dtype = compute_dtype(u, v)
+        u, v = u.to(dtype), v.to(dtype)
         ctx.save_for_backward(u, v)
         ctx.has_bias = bias is not None
         u3, v3 = u.unsqueeze(2), v.view(1, 1, -1)
-        return u3 * v3 if bias is None else torch.addcmul(bias, u3, v3)
+        return u3 * v3 if bias is None else torch.addcmul(bias.to(dtype), u3, v3)
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):
         u, v = ctx.saved_tensors
+        g = g.to(u.dtype)  # autograd casts each gradient back to its input's dtype
         m1, N, m2 = g.shape
         g2 = g.reshape(m1 * N, m2)
         gu = (g2 @ v).view(m1, N) if ctx.needs_input_grad[0] else None
@@ -106,16 +135,20 @@ class _OuterBias(torch.autograd.Function):
 
 class _Contract(torch.autograd.Function):
     """x (M, K) @ v (K,) -> (M,): the product of a factor whose output dim is 1, with a backward
-    that writes the input gradient as one broadcast multiply instead of a K=1 GEMM."""
+    that writes the input gradient as one broadcast multiply instead of a K=1 GEMM. Inputs are
+    cast to `compute_dtype`, as in `_OuterBias`."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        dtype = compute_dtype(x, v)
+        x, v = x.to(dtype), v.to(dtype)
         ctx.save_for_backward(x, v)
         return x @ v
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):
         x, v = ctx.saved_tensors
+        g = g.to(x.dtype)
         gx = g.unsqueeze(1) * v.unsqueeze(0) if ctx.needs_input_grad[0] else None
         gv = x.mT @ g if ctx.needs_input_grad[1] else None
         return gx, gv
@@ -142,7 +175,8 @@ def kron_matmul_factored(
     r, m1, n1 = A.shape
     _, m2, n2 = B.shape
     N = xp.shape[1]
-    bias3 = None if bias is None else bias.view(m1, 1, m2)
+    dtype = compute_dtype(xp, A)
+    bias3 = None if bias is None else bias.view(m1, 1, m2).to(dtype)
     if path == "a_first":
         Bs = B if scalars is None else B * scalars.view(r, 1, 1)  # scalars ride on the second factor
         U = A.reshape(r * m1, n1) @ xp.reshape(n1, N * n2)  # (r*m1, N*n2)
@@ -163,7 +197,7 @@ def kron_matmul_factored(
         Y = None
         for i in range(r):
             if n2 == 1:
-                T = xp.reshape(n1 * N, 1) * B[i].view(1, m2)  # (n1*N, m2)
+                T = xp.reshape(n1 * N, 1).to(dtype) * B[i].view(1, m2).to(dtype)  # (n1*N, m2)
             elif m2 == 1:
                 T = _Contract.apply(xp.reshape(n1 * N, n2), B[i].view(n2))  # (n1*N,)
             else:
@@ -173,7 +207,7 @@ def kron_matmul_factored(
     else:
         raise ValueError(f"unknown factored path {path!r}; valid paths: a_first, b_first")
     Y = Y.view(m1, N, m2)
-    return Y if bias3 is None else Y + bias3
+    return Y if bias3 is None else Y + bias3.to(Y.dtype)
 
 
 def kron_matmul(
@@ -197,24 +231,6 @@ def kron_matmul(
     n2 = B.shape[2]
     y = kron_matmul_factored(to_factored(x, n1, n2), A, B, scalars, path, bias)  # (m1, N, m2)
     return from_factored(y, x.shape[:-1])
-
-
-def check_dims(out_features: int, in_features: int, a_dims: tuple[int, int], what: str = "matrix") -> tuple[int, int]:
-    """B dims (m2, n2) for A dims (m1, n1) of an (out, in) matrix; ValueError if they do not divide it."""
-    m1, n1 = (int(d) for d in a_dims)
-    if m1 < 1 or n1 < 1 or out_features % m1 or in_features % n1:
-        raise ValueError(
-            f"A dims ({m1}, {n1}) do not divide the {what} of shape (out={out_features}, in={in_features}): "
-            f"m1 must divide {out_features} and n1 must divide {in_features} "
-            f"(for example m1 in {_some_divisors(out_features)}, n1 in {_some_divisors(in_features)})"
-        )
-    return out_features // m1, in_features // n1
-
-
-def _some_divisors(n: int, limit: int = 12) -> str:
-    divs = [d for d in range(1, n + 1) if n % d == 0]
-    shown = divs if len(divs) <= limit else divs[: limit // 2] + ["..."] + divs[-limit // 2 :]
-    return "{" + ", ".join(str(d) for d in shown) + "}"
 
 
 class KroneckerLinear(nn.Module):
@@ -321,7 +337,7 @@ class KroneckerLinear(nn.Module):
             self._weight_cache = None
             return self.to_dense()
         params = [p for p in (self.A, self.B, self.scalars) if p is not None]
-        key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
+        key = (autocast_dtype(self.A.device.type), *((p.data_ptr(), p._version, p.dtype, p.device) for p in params))
         cache = self._weight_cache
         if cache is None or cache[0] != key:
             cache = (key, self.to_dense())
@@ -394,6 +410,7 @@ def kron_ffn(x: torch.Tensor, fc: KroneckerLinear, proj: KroneckerLinear, act=No
 
 
 __all__ = [
+    "compute_dtype",
     "from_factored",
     "fusable",
     "kron_ffn",

@@ -9,7 +9,6 @@ HF's Conv1D weights are transposed on the way in and out (see `krony.checkpoint`
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -17,72 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from krony.config import PRESETS, GPTConfig
 from krony.kronecker import fusable, kron_ffn
-
-
-@dataclass
-class GPTConfig:
-    """Shape and regularisation of a GPT-2 model."""
-
-    block_size: int = 1024
-    """Context length: the number of learned positions (HF `n_positions`)."""
-    vocab_size: int = 50257
-    """Token vocabulary (GPT-2 BPE: 50257)."""
-    n_layer: int = 12
-    """Transformer blocks."""
-    n_head: int = 12
-    """Attention heads per block; must divide `n_embd`."""
-    n_embd: int = 768
-    """Residual width d."""
-    n_inner: int | None = None
-    """FFN width; None means 4 * n_embd (3072 for GPT-2 small)."""
-    dropout: float = 0.0
-    """Dropout on embeddings, attention probabilities and residual branches (the paper used 0)."""
-    layer_norm_eps: float = 1e-5
-    """LayerNorm epsilon (HF `layer_norm_epsilon`)."""
-    tie_embeddings: bool = True
-    """Share `wte` and `lm_head` weights, as GPT-2 does."""
-
-    def __post_init__(self) -> None:
-        if self.n_embd % self.n_head:
-            raise ValueError(f"n_head={self.n_head} must divide n_embd={self.n_embd}")
-        for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-
-    @property
-    def ffn_dim(self) -> int:
-        return self.n_inner or 4 * self.n_embd
-
-    @classmethod
-    def from_preset(cls, name: str, **overrides: Any) -> "GPTConfig":
-        """A named size ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "distilgpt2") with overrides."""
-        key = name.split("/")[-1].lower()
-        if key not in PRESETS:
-            raise ValueError(f"unknown preset {name!r}; valid choices: {', '.join(PRESETS)}")
-        return cls(**{**PRESETS[key], **overrides})
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "GPTConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown GPTConfig keys {unknown}; valid keys: {sorted(known)}")
-        return cls(**d)
-
-
-PRESETS: dict[str, dict[str, int]] = {
-    "gpt2": dict(n_layer=12, n_head=12, n_embd=768),  # 124M
-    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),  # 350M
-    "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280),  # 774M
-    "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600),  # 1558M
-    "distilgpt2": dict(n_layer=6, n_head=12, n_embd=768),  # 82M
-}
 
 
 class CausalSelfAttention(nn.Module):

@@ -9,7 +9,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from krony.kronecker import check_dims
+
+
+def check_dims(out_features: int, in_features: int, a_dims: tuple[int, int], what: str = "matrix") -> tuple[int, int]:
+    """B dims (m2, n2) for A dims (m1, n1) of an (out, in) matrix; ValueError if they do not divide it."""
+    m1, n1 = (int(d) for d in a_dims)
+    if m1 < 1 or n1 < 1 or out_features % m1 or in_features % n1:
+        raise ValueError(
+            f"A dims ({m1}, {n1}) do not divide the {what} of shape (out={out_features}, in={in_features}): "
+            f"m1 must divide {out_features} and n1 must divide {in_features} "
+            f"(for example m1 in {_some_divisors(out_features)}, n1 in {_some_divisors(in_features)})"
+        )
+    return out_features // m1, in_features // n1
+
+
+def _some_divisors(n: int, limit: int = 12) -> str:
+    divs = [d for d in range(1, n + 1) if n % d == 0]
+    shown = divs if len(divs) <= limit else divs[: limit // 2] + ["..."] + divs[-limit // 2 :]
+    return "{" + ", ".join(str(d) for d in shown) + "}"
 
 
 @dataclass(frozen=True)
@@ -109,4 +126,4 @@ def get_scheme(scheme: str | Scheme | tuple[int, int] | list[int]) -> Scheme:
     )
 
 
-__all__ = ["SCHEMES", "TABLE1", "Scheme", "dims_key", "get_scheme"]
+__all__ = ["SCHEMES", "TABLE1", "Scheme", "check_dims", "dims_key", "get_scheme"]

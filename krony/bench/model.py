@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 
 from krony.bench.timing import interleaved, peak_rss_bytes, peak_rss_reset, sync
-from krony.compress import compress, count_params
+from krony.compression import compress, count_params
 from krony.flops import peak_flops, train_flops
 from krony.model import GPT, GPTConfig
 

@@ -1,19 +1,16 @@
-"""Training: model building, freezing, losses, optimizer, the LightningModule and its callbacks."""
+"""Training: model building, freezing, losses, optimizer, the LightningModule and its callbacks.
+Names are imported on first use (the module pulls in Lightning)."""
 
-from krony.train.build import ModelConfig, build_student
-from krony.train.freeze import FreezeConfig, apply_freeze
-from krony.train.losses import DistillConfig, distillation_loss
-from krony.train.module import LanguageModelModule
-from krony.train.optim import OptimConfig, build_optimizer
+from krony._lazy import lazy_exports
 
-__all__ = [
-    "DistillConfig",
-    "FreezeConfig",
-    "LanguageModelModule",
-    "ModelConfig",
-    "OptimConfig",
-    "apply_freeze",
-    "build_optimizer",
-    "build_student",
-    "distillation_loss",
-]
+_EXPORTS = {
+    "DistillConfig": "krony.config", "FreezeConfig": "krony.config", "ModelConfig": "krony.config",
+    "OptimConfig": "krony.config",
+    "build_student": "krony.train.build",
+    "apply_freeze": "krony.train.freeze",
+    "distillation_loss": "krony.train.losses",
+    "LanguageModelModule": "krony.train.module",
+    "build_optimizer": "krony.train.optim",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -3,55 +3,13 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import nn
 
-from krony.compress import compress, count_params
-from krony.model import GPT, CausalSelfAttention, GPTConfig
-
-KINDS = ("krony", "distil", "dense")
-DISTILGPT2_LAYERS = [0, 2, 4, 7, 9, 11]
-
-
-@dataclass
-class ModelConfig:
-    """The model a run trains: which teacher checkpoint, and what student is made of it."""
-
-    kind: str = "krony"
-    """krony (compress the teacher's FFNs) | distil (keep some teacher blocks) | dense (the teacher as is)."""
-    teacher: str | None = "gpt2"
-    """Hub name or local path of the dense checkpoint; None: random weights from `teacher_config`."""
-    teacher_config: dict[str, Any] | None = None
-    """For teacher=None: {"preset": "gpt2", ...GPTConfig overrides}, e.g. n_layer=2 for smoke runs."""
-    scheme: str = "81m"
-    """krony: Table-1 name or "m1xn1" A dims of c_fc."""
-    init: str = "vanloan"
-    """krony: vanloan | prune | random."""
-    init_options: dict[str, Any] = field(default_factory=dict)
-    """krony: options of the init, e.g. {normalize: true} or {fill: 0.1}."""
-    factors: int = 1
-    """krony: Kronecker products per matrix (r)."""
-    scalars: bool = False
-    """krony: learnable scalar per factor."""
-    layers: Any = "all"
-    """krony: blocks to compress: all | odd | even | a list of indices."""
-    student_layers: list[int] = field(default_factory=lambda: list(DISTILGPT2_LAYERS))
-    """distil: teacher blocks copied into the student (DistilGPT2: 0, 2, 4, 7, 9, 11)."""
-    dropout: float = 0.0
-    """Dropout of the student during training (the paper used 0)."""
-    compile: bool = False
-    """torch.compile the student's forward."""
-    untie_head: bool = False
-    """Give the student its own lm_head (a copy of wte), as TQCompressedGPT2 and KnGPT-2 train."""
-
-    def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"model.kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
-        if self.teacher is None and not self.teacher_config:
-            raise ValueError("model.teacher is null: set model.teacher_config (a preset and overrides) for random weights")
+from krony.compression import compress, count_params
+from krony.config import DISTILGPT2_LAYERS, KINDS, GPTConfig, ModelConfig
+from krony.model import GPT, CausalSelfAttention
 
 
 def load_teacher(cfg: ModelConfig, seed: int = 0) -> GPT:

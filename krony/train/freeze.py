@@ -2,29 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
-from krony.compress import kronecker_layers
+from krony.compression import kronecker_layers
+from krony.config import FreezeConfig
 from krony.model import GPT
-
-
-@dataclass
-class FreezeConfig:
-    """What stays fixed during training (all off: train every weight)."""
-
-    embeddings: bool = False
-    """Freeze `wte` (and so the tied `lm_head`) and `wpe`."""
-    attention: bool = False
-    """Freeze every attention `c_attn` and `c_proj`."""
-    layer_norms: bool = False
-    """Freeze every LayerNorm (ln_1, ln_2, ln_f)."""
-    scalars: bool = False
-    """Freeze the Kronecker scalars s_i."""
-    scalars_value: float | None = None
-    """Set every scalar to this value and freeze it (the paper observed they settle near 4)."""
 
 
 def apply_freeze(model: GPT, cfg: FreezeConfig) -> list[str]:

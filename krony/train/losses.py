@@ -2,32 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
-
-@dataclass
-class DistillConfig:
-    """Distillation from the teacher: alpha_ce * KL(T) * T^2 + alpha_clm * CE + alpha_cos * cosine."""
-
-    enabled: bool = False
-    """Distil from the teacher (off: plain next-token cross-entropy)."""
-    temperature: float = 2.0
-    """Softmax temperature T of both distributions in the KL term."""
-    alpha_ce: float = 0.5
-    """Weight of the soft-target KL term (scaled by T^2)."""
-    alpha_clm: float = 0.5
-    """Weight of the hard-target next-token cross-entropy."""
-    alpha_cos: float = 0.0
-    """Weight of the cosine loss between student and teacher last hidden states (0: off)."""
-
-    def __post_init__(self) -> None:
-        if self.temperature <= 0:
-            raise ValueError(f"distill.temperature must be > 0, got {self.temperature}")
-        if min(self.alpha_ce, self.alpha_clm, self.alpha_cos) < 0:
-            raise ValueError("distill.alpha_ce, alpha_clm and alpha_cos must be >= 0")
+from krony.config import DistillConfig
 
 
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

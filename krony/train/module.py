@@ -18,7 +18,7 @@ import torch
 from torchmetrics import MeanMetric
 
 from krony.checkpoint import state_dict_problems
-from krony.compress import count_params, kronecker_layers
+from krony.compression import count_params, kronecker_layers
 from krony.train.build import ModelConfig, build_student
 from krony.train.freeze import FreezeConfig, apply_freeze
 from krony.train.losses import DistillConfig, distillation_loss, lm_loss

@@ -3,47 +3,11 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
+from krony.config import SCHEDULES, OptimConfig
 from krony.kronecker import KroneckerLinear
-
-SCHEDULES = ("constant", "cosine", "wsd")
-
-
-@dataclass
-class OptimConfig:
-    """AdamW and its schedule. Defaults follow the paper's code (DESIGN section 4)."""
-
-    lr: float = 6e-4
-    """Peak learning rate."""
-    min_lr: float = 6e-5
-    """Floor of the cosine and wsd schedules."""
-    weight_decay: float = 0.1
-    """Decoupled weight decay on weight matrices and Kronecker factors only."""
-    betas: tuple[float, float] = (0.9, 0.95)
-    """AdamW betas."""
-    eps: float = 1e-8
-    """AdamW epsilon."""
-    schedule: str = "cosine"
-    """constant | cosine (warm-up then cosine to min_lr) | wsd (warm-up, stable, decay to min_lr)."""
-    warmup_steps: int = 0
-    """Linear warm-up from 0 to lr."""
-    decay_fraction: float = 0.2
-    """wsd: fraction of the total steps spent decaying at the end."""
-    fused: bool | None = None
-    """Fused AdamW kernel; None: on when training on CUDA."""
-
-    def __post_init__(self) -> None:
-        self.betas = tuple(self.betas)
-        if self.lr <= 0:
-            raise ValueError(f"optim.lr must be > 0, got {self.lr}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"optim.schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
-        if not 0 <= self.decay_fraction <= 1:
-            raise ValueError(f"optim.decay_fraction must be in [0, 1], got {self.decay_fraction}")
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
