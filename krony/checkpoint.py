@@ -23,30 +23,23 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
 from krony.compression import kronecker_layers, replace_module
+from krony.config import GPTConfig
+from krony.fileio import InvalidFile, atomic_write, describe_load_error, torch_load, write_text
+from krony.hub import WEIGHT_FILES, looks_like_path, model_files
 from krony.kronecker import KroneckerLinear
-from krony.model import GPT, GPTConfig
+from krony.model import GPT
 
 TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 """HF Conv1D weights, stored (in, out): transposed to and from our (out, in)."""
 SKIPPED = (".attn.bias", ".attn.masked_bias")
 """Causal-mask buffers in old HF checkpoints; not parameters."""
 
-HUB_REPOS = {
-    "gpt2": "openai-community/gpt2",
-    "gpt2-medium": "openai-community/gpt2-medium",
-    "gpt2-large": "openai-community/gpt2-large",
-    "gpt2-xl": "openai-community/gpt2-xl",
-    "distilgpt2": "distilbert/distilgpt2",
-}
-"""Short names and the hub repositories they resolve to."""
-
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 KRONECKER_KEY = "krony_kronecker"
 
 
@@ -220,18 +213,36 @@ def config_from_state_dict(sd: dict[str, torch.Tensor], **overrides: Any) -> GPT
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
-    """Tensors of a .safetensors file, a sharded index, or a torch file (loaded with weights_only=True)."""
+    """Tensors of a .safetensors file, a sharded index, or a torch file (loaded with weights_only=True);
+    a damaged or foreign file raises `InvalidFile` ("<path> is not a valid weights file: ...")."""
     from safetensors.torch import load_file
 
     if path.name.endswith(".index.json"):
-        shards = sorted(set(json.loads(path.read_text())["weight_map"].values()))
-        return {k: v for shard in shards for k, v in load_file(path.parent / shard).items()}
+        try:
+            shards = sorted(set(json.loads(path.read_text())["weight_map"].values()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise InvalidFile(path, "weights index", describe_load_error(e)) from None
+        return {k: v for shard in shards for k, v in read_weights(path.parent / shard).items()}
     if path.suffix == ".safetensors":
-        return load_file(path)
-    sd = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            return load_file(path)
+        except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
+            raise InvalidFile(path, "weights file", describe_load_error(e)) from None
+    sd = torch_load(path, "weights file")
     if not isinstance(sd, dict):
-        raise ValueError(f"{path} holds a {type(sd).__name__}, not a state dict")
+        raise InvalidFile(path, "weights file", f"it holds a {type(sd).__name__}, not a state dict")
     return sd.get("state_dict", sd)
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """config.json as a dict; `InvalidFile` if it is not JSON."""
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise InvalidFile(path, "config.json", describe_load_error(e)) from None
+    if not isinstance(d, dict):
+        raise InvalidFile(path, "config.json", f"it holds a JSON {type(d).__name__}, not an object")
+    return d
 
 
 def _resolve_local(path: Path) -> tuple[Path, Path | None]:
@@ -246,40 +257,17 @@ def _resolve_local(path: Path) -> tuple[Path, Path | None]:
     return path, cfg if cfg.exists() else None
 
 
-def _download(name: str) -> tuple[Path, Path]:
-    """Fetch config.json and model.safetensors of a hub model (cached by huggingface_hub)."""
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled, RepositoryNotFoundError
-
-    repo = HUB_REPOS.get(name, name)
-    try:
-        cfg = hf_hub_download(repo, "config.json")
-        weights = hf_hub_download(repo, "model.safetensors")
-    except (LocalEntryNotFoundError, OfflineModeIsEnabled) as e:
-        raise ValueError(
-            f"could not reach the Hugging Face hub for {name!r} (repo {repo}) and no cached copy exists "
-            f"({type(e).__name__}). Offline, load a local copy instead: GPT.from_pretrained('/path/to/dir') "
-            f"with config.json and model.safetensors in it (save one where you have internet with "
-            f"GPT.from_pretrained({name!r}).save_pretrained('/path/to/dir'))."
-        ) from e
-    except RepositoryNotFoundError as e:
-        raise ValueError(
-            f"{name!r} is neither a local path nor a hub repository; short names: {', '.join(HUB_REPOS)}"
-        ) from e
-    return Path(weights), Path(cfg)
-
-
 def load_model(name_or_path: str | os.PathLike, **overrides: Any) -> GPT:
     """A GPT from a local directory or weights file, or else a hub name; see `GPT.from_pretrained`."""
     path = Path(name_or_path).expanduser()
     if path.exists():
         weights, cfg_path = _resolve_local(path)
-    elif _looks_like_path(str(name_or_path)):
+    elif looks_like_path(str(name_or_path)):
         raise ValueError(f"no such file or directory: {path}")
     else:
-        weights, cfg_path = _download(str(name_or_path))
+        weights, cfg_path = model_files(str(name_or_path))
     sd = from_hf_state_dict(read_weights(weights))
-    cfg_dict = json.loads(cfg_path.read_text()) if cfg_path else {}
+    cfg_dict = read_config(cfg_path) if cfg_path else {}
     config = config_from_hf(cfg_dict, **overrides) if cfg_dict else config_from_state_dict(sd, **overrides)
     model = GPT(config)
     for name, spec in cfg_dict.get(KRONECKER_KEY, {}).items():
@@ -288,31 +276,17 @@ def load_model(name_or_path: str | os.PathLike, **overrides: Any) -> GPT:
     return model
 
 
-def _looks_like_path(s: str) -> bool:
-    """Hub ids are "name" or "org/name"; anything else that does not exist is a missing path."""
-    return s.startswith((".", "/", "~")) or s.count("/") > 1 or s.endswith((".safetensors", ".bin", ".pt", ".json"))
-
-
 def save_model(model: GPT, directory: str | os.PathLike) -> Path:
     """Write config.json + model.safetensors into `directory` (created); atomic per file."""
     from safetensors.torch import save_file
 
     out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out / "model.safetensors", lambda tmp: save_file(to_hf_state_dict(model), tmp, metadata={"format": "pt"}))
-    text = json.dumps(hf_config_dict(model), indent=2) + "\n"
-    _atomic_write(out / "config.json", lambda tmp: Path(tmp).write_text(text))
+    atomic_write(out / "model.safetensors", lambda tmp: save_file(to_hf_state_dict(model), tmp, metadata={"format": "pt"}))
+    write_text(out / "config.json", json.dumps(hf_config_dict(model), indent=2) + "\n")
     return out
 
 
-def _atomic_write(target: Path, write: Callable[[str], Any]) -> None:
-    tmp = target.with_name(target.name + ".tmp")
-    write(str(tmp))
-    os.replace(tmp, target)
-
-
 __all__ = [
-    "HUB_REPOS",
     "TRANSPOSED",
     "config_from_hf",
     "config_from_state_dict",
@@ -321,6 +295,7 @@ __all__ = [
     "kronecker_spec",
     "load_model",
     "load_state_dict_checked",
+    "read_config",
     "read_weights",
     "save_model",
     "to_hf_state_dict",

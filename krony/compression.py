@@ -14,13 +14,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from krony.config import LAYER_SETS
 from krony.inits import InitFn, get_init
 from krony.kronecker import KroneckerLinear
 from krony.model import GPT, GPTConfig
 from krony.schemes import Scheme, get_scheme
 
 FFN_MODULES = ("c_fc", "c_proj")
-LAYER_SETS = ("all", "odd", "even")
 CONVENTIONS = ("table1", "no_output_embedding", "non_embedding")
 
 

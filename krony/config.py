@@ -15,6 +15,8 @@ KINDS = ("krony", "distil", "dense")
 """What a run trains: krony (compressed FFNs), distil (a shallower student), dense (the teacher as is)."""
 SCHEDULES = ("constant", "cosine", "wsd")
 """Learning-rate schedules of `krony.train.optim`."""
+LAYER_SETS = ("all", "odd", "even")
+"""Named sets of blocks to compress (besides a list of indices): odd is TQCompressedGPT2's choice."""
 DISTILGPT2_LAYERS = [0, 2, 4, 7, 9, 11]
 """Teacher blocks DistilGPT2 copies into its 6-block student."""
 
@@ -194,6 +196,6 @@ class DistillConfig:
 
 
 __all__ = [
-    "DISTILGPT2_LAYERS", "INIT_METHODS", "KINDS", "PRESETS", "SCHEDULES",
+    "DISTILGPT2_LAYERS", "INIT_METHODS", "KINDS", "LAYER_SETS", "PRESETS", "SCHEDULES",
     "DistillConfig", "FreezeConfig", "GPTConfig", "ModelConfig", "OptimConfig",
 ]

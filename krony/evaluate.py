@@ -81,11 +81,15 @@ def load_rows(dataset: str, split: str = "test", data_dir: str | Path | None = N
         return lambada_rows_from_file(path) if dataset == "lambada" else wikitext_rows_from_file(path)
     import datasets
 
+    from krony.hub import dataset_location
+
     name, config = HUB[key]
     try:
-        ds = datasets.load_dataset(name, config, split=split)
+        path, revision = dataset_location(name)  # the hub, or offline its cached snapshot
+        ds = datasets.load_dataset(path, config, split=split, revision=revision)
     except Exception as e:  # noqa: BLE001 - any hub failure gets the same advice
-        raise ValueError(f"could not load {name}/{config} from the hub ({e}); offline, pass data_dir= with local files") from e
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ValueError(f"could not load {name}/{config} from the hub ({reason}); offline, pass data_dir= with local files") from e
     return list(ds["text"])
 
 

@@ -2,11 +2,17 @@
 
     python -m krony.run experiment=smoke                                   # one offline CPU run
     python -m krony.run -m decomp=67m,81m,96m init=vanloan,prune           # a sweep, one job each
+    python -m krony.run --help                                             # groups, options and keys
 
 Every job trains (or, with train=false, validates) one model and writes its TensorBoard
 events, checkpoints and exported model into its own directory named after the run
 (`81m-vanloan-r1`). A job that fails is logged with its error (`error.txt` in its directory);
 the sweep goes on, and the command exits non-zero at the end with the list of failed jobs.
+A job started again continues where it stopped (`krony.train.resume`); a pre-empted one
+(SIGTERM, SIGUSR1, SIGUSR2) saves its step first (`krony.train.preempt`).
+
+Only light modules are imported at the top: `--help` and a bad config answer in a second or
+two, before torch and Lightning load.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import logging
 import os
 import shutil
 import sys
+import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -23,7 +30,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from krony.data.sources import sample_path
-from krony.train.resume import find_previous, job_key, write_status
+from krony.train.resume import job_identity, job_key, plan_job, write_status
 from krony.validate import validate
 
 log = logging.getLogger("krony.run")
@@ -67,13 +74,23 @@ def build_module(cfg: DictConfig):
 
 
 def train(cfg: DictConfig, ckpt_path: str | Path | None = None) -> dict[str, float]:
-    """Run one job: build data, model, trainer; fit (or validate, or continue fitting from
-    `ckpt_path`); return the final metrics."""
+    """Run one job: check the config and the machine, build data, model, trainer; fit (or
+    validate, or continue fitting from `ckpt_path`); return the final metrics. A pre-emption
+    signal ends it with `Preempted` after saving the step in progress."""
+    from krony.preflight import check_checkpoint, preflight
+
+    validate(cfg)  # one-line errors for bad values before anything heavy is imported or built
+    preflight(cfg)  # the GPU, the hub, the dataset, the checkpoint: one line each, before any heavy work
+    check_checkpoint(ckpt_path)
+
     import lightning as L
     import torch
     from hydra.utils import instantiate
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-    validate(cfg)  # one-line errors for bad values before any model is built or data read
+    from krony.train.callbacks import Preemption
+    from krony.train.preempt import Preempted
+
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision(cfg.get("matmul_precision", "highest"))
     datamodule = instantiate(cfg.data)
@@ -84,10 +101,15 @@ def train(cfg: DictConfig, ckpt_path: str | Path | None = None) -> dict[str, flo
     callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values() if c is not None]
     loggers = [instantiate(c) for c in (cfg.logger or {}).values() if c is not None]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
-    if cfg.train:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-    else:
-        trainer.validate(module, datamodule=datamodule)
+    try:
+        if cfg.train:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        else:
+            trainer.validate(module, datamodule=datamodule)
+    except SIGTERMException:  # Lightning's own stop on SIGTERM, after Preemption saved the step
+        saver = next((c for c in callbacks if isinstance(c, Preemption)), None)
+        step = saver.saved_step if saver and saver.saved_step is not None else trainer.global_step
+        raise Preempted("SIGTERM", step, saver.checkpoint if saver else None) from None
     return {k: float(v) for k, v in trainer.callback_metrics.items()}
 
 
@@ -95,22 +117,19 @@ def log_disk_estimate(model, cfg: DictConfig) -> None:
     """Log the disk the run's checkpoints will take at most, and warn when the disk is short."""
     from krony.train.checkpoint_io import checkpoint_bytes
 
-    keep = sum(int(c.get("save_top_k", 1)) for c in (cfg.callbacks or {}).values()
-               if c is not None and str(c.get("_target_", "")).endswith("ModelCheckpoint"))
-    need = checkpoint_bytes(model) * (keep + 1)  # + 1: the next one is written before the oldest goes
+    need = 0
+    for c in (cfg.callbacks or {}).values():
+        if c is None or not str(c.get("_target_", "")).endswith("ModelCheckpoint"):
+            continue
+        one = checkpoint_bytes(model, optimizer_state=not c.get("save_weights_only", False))
+        need += one * (int(c.get("save_top_k", 1)) + 1)  # + 1: the next one is written before the oldest goes
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(out).free
-    log.info("checkpoints: %d kept, about %.2f GB at most; %.1f GB free at %s", keep, need / 1e9, free / 1e9, out)
+    log.info("checkpoints take about %.2f GB at most; %.1f GB free at %s", need / 1e9, free / 1e9, out)
     if need > free:
         log.warning("not enough disk for the checkpoints: %.2f GB needed, %.2f GB free at %s; lower "
                     "callbacks.checkpoint_last.save_top_k or free space", need / 1e9, free / 1e9, out)
-
-
-def _output_dir() -> str:
-    from hydra.core.hydra_config import HydraConfig
-
-    return HydraConfig.get().runtime.output_dir
 
 
 def _task_overrides() -> list[str]:
@@ -119,45 +138,79 @@ def _task_overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task)
 
 
+def _set_aside(directory: Path) -> None:
+    """resume=false in a directory that holds checkpoints: move them aside, never mix two runs."""
+    ckpts = directory / "checkpoints"
+    if ckpts.is_dir() and any(ckpts.iterdir()):
+        aside = directory / f"checkpoints.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
+        ckpts.rename(aside)
+        log.warning("resume=false: the earlier checkpoints of %s were moved to %s (delete them when not needed)",
+                    directory, aside)
+
+
 @hydra.main(config_path=str(CONF_DIR), config_name="run", version_base="1.3")
 def hydra_main(cfg: DictConfig) -> float | None:
     """One job. Errors are caught and recorded so the other jobs of a sweep go on; with
     `resume` a job already finished is skipped and an interrupted one continues."""
-    out = _output_dir()
+    from krony.train.preempt import Preempted
+
+    out = Path(cfg.paths.output_dir)
     name = cfg.get("run_name", "?")
-    overrides = _task_overrides()
-    key = job_key(overrides)
-    ckpt = None
-    if cfg.get("resume", True):
-        prev = find_previous(cfg.paths.log_dir, key, exclude=out)
-        if prev is not None and prev.status == "finished":
-            log.info("run %s already finished in %s: skipped (resume=false trains it again)", name, prev.directory)
-            Path(out, "skipped.txt").write_text(f"finished earlier in {prev.directory}\n")
-            return None
-        if prev is not None and prev.checkpoint is not None:
-            log.info("run %s continues in %s from %s", name, prev.directory, prev.checkpoint)
-            Path(out, "resumed.txt").write_text(f"continued in {prev.directory} from {prev.checkpoint}\n")
-            out, ckpt = str(prev.directory), prev.checkpoint
-            with open_dict(cfg):
-                cfg.paths.output_dir = out
-    log.info("run %s in %s", name, out)
-    if cfg.get("ckpt_path"):  # an explicit checkpoint wins (validate() checks it exists)
-        ckpt = cfg.ckpt_path
-    write_status(out, key, "running", run_name=name, overrides=overrides)
+    key = None  # known once the config is valid; job.json is written only from then on
     try:
+        validate(cfg)
+        identity = job_identity(OmegaConf.to_container(cfg, resolve=True))
+        key = job_key(identity)
+        ckpt = None
+        if cfg.get("resume", True):
+            plan = plan_job(out, cfg.paths.log_dir, identity, name)
+            if plan.note:
+                log.warning(plan.note)
+            if plan.action == "skip":
+                log.info("run %s already finished in %s: skipped (resume=false trains it again)", name, plan.directory)
+                if plan.directory.resolve() != out.resolve():
+                    Path(out, "skipped.txt").write_text(f"finished earlier in {plan.directory}\n")
+                return None
+            if plan.action == "continue":
+                log.info("run %s continues in %s from %s", name, plan.directory, plan.checkpoint)
+                if plan.directory.resolve() != out.resolve():
+                    Path(out, "resumed.txt").write_text(f"continued in {plan.directory} from {plan.checkpoint}\n")
+                out, ckpt = plan.directory, plan.checkpoint
+                with open_dict(cfg):
+                    cfg.paths.output_dir = str(out)
+        else:
+            _set_aside(out)
+        log.info("run %s in %s", name, out)
+        if cfg.get("ckpt_path"):  # an explicit checkpoint wins (validate() checks it exists)
+            ckpt = cfg.ckpt_path
+        write_status(out, key, "running", run_name=name, identity=identity, overrides=_task_overrides())
         metrics = train(cfg, ckpt_path=ckpt)
+    except Preempted as stop:
+        write_status(out, key, "interrupted", signal=stop.signal_name, step=stop.step, checkpoint=stop.checkpoint)
+        log.warning("run %s %s: start the same command again to continue from there", name, stop)
+        raise SystemExit(stop.exit_code) from None
     except Exception as e:  # noqa: BLE001 - a sweep must survive any one job
-        detail = traceback.format_exc()
-        Path(out, "error.txt").write_text(detail)
-        write_status(out, key, "failed", error=f"{type(e).__name__}: {e}")
+        out.mkdir(parents=True, exist_ok=True)
+        Path(out, "error.txt").write_text(traceback.format_exc())
+        if key is not None:
+            write_status(out, key, "failed", error=f"{type(e).__name__}: {e}")
         log.error("run %s failed: %s: %s (traceback in %s)", name, type(e).__name__, e, Path(out, "error.txt"))
-        FAILED.append((name, out, f"{type(e).__name__}: {e}"))
+        FAILED.append((name, str(out), f"{type(e).__name__}: {e}"))
         return None
     write_status(out, key, "finished")
     return metrics.get("val/loss")
 
 
 def main() -> None:
+    if any(a in ("--help", "-h") for a in sys.argv[1:]):
+        import signal
+
+        from krony.run_help import print_help
+
+        if hasattr(signal, "SIGPIPE"):  # `--help | head` ends quietly
+            signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+        print_help(CONF_DIR, [a for a in sys.argv[1:] if a not in ("--help", "-h")])
+        return
     hydra_main()
     if FAILED:
         print(f"\n{len(FAILED)} job(s) failed:", file=sys.stderr)

@@ -121,3 +121,39 @@ def test_dense_weight_cache_never_serves_an_autocast_weight_to_fp32():
         y = layer(x)  # a bf16 W cached under autocast must not be reused here
     assert y.dtype == torch.float32
     torch.testing.assert_close(y, x @ layer.to_dense().T + layer.bias)
+
+
+def test_lightning_16_mixed_with_grad_scaler_clipping_and_the_nonfinite_guard():
+    """16-mixed as on a GPU (Lightning's MixedPrecision plugin with torch's GradScaler; CPU here):
+    the first steps overflow at the scaler's initial scale and it skips them and lowers it;
+    the module's non-finite guard leaves those to the scaler (with max_bad_steps=2 it would stop
+    the run otherwise), gradients are clipped, and training goes on."""
+    import lightning as L
+    from lightning.pytorch.plugins.precision import MixedPrecision
+    from torch.utils.data import DataLoader
+
+    from krony.train.module import LanguageModelModule
+
+    teacher = dict(preset="gpt2", n_layer=1, n_embd=64, n_head=2, vocab_size=256, block_size=32)
+    module = LanguageModelModule(
+        model=dict(kind="krony", teacher=None, teacher_config=teacher, scheme="64x64", init="vanloan"),
+        optim=dict(lr=1e-3, schedule="constant"), max_bad_steps=2, log_scalars_every=0,
+    )
+    batches = DataLoader(torch.randint(0, 256, (8 * 12, 33), generator=torch.Generator().manual_seed(0)), batch_size=8)
+    plugin = MixedPrecision("16-mixed", "cpu", torch.amp.GradScaler("cpu", init_scale=2.0**24))  # overflows at first
+    trainer = L.Trainer(accelerator="cpu", plugins=[plugin], gradient_clip_val=1.0, max_steps=12, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(module, train_dataloaders=batches)
+    assert trainer.global_step == 12 and module.skipped_steps == 0
+    assert plugin.scaler.get_scale() <= 2.0**22  # overflows happened, and the scaler handled them
+    assert not trainer.optimizers[0].defaults["fused"]
+    assert all(torch.isfinite(p).all() for p in module.student.parameters())
+
+
+def test_fused_adamw_is_not_chosen_when_scaled_gradients_are_clipped():
+    from krony.config import OptimConfig
+    from krony.train.optim import build_optimizer
+
+    model = torch.nn.Linear(4, 4)
+    fused = lambda **kw: build_optimizer(model, OptimConfig(), 10, **kw)[0].defaults["fused"]  # noqa: E731
+    assert fused(on_cuda=True) and not fused(on_cuda=True, clips_scaled_grads=True) and not fused(on_cuda=False)

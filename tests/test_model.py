@@ -5,8 +5,9 @@ import json
 import huggingface_hub.constants
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save, save_file
 
+from hubcache import put_repo
 from krony import GPT, GPTConfig
 from krony.checkpoint import from_hf_state_dict, load_state_dict_checked, to_hf_state_dict
 
@@ -120,18 +121,6 @@ def test_torch_file_loads_with_weights_only(tiny_model, tokens, tmp_path):
     torch.testing.assert_close(again(tokens)[0], tiny_model(tokens)[0])
 
 
-def fake_hub_cache(root, repo, files):
-    """The on-disk layout huggingface_hub reads offline: refs/main -> snapshots/<commit>/..."""
-    commit = "0" * 40
-    base = root / f"models--{repo.replace('/', '--')}"
-    (base / "refs").mkdir(parents=True)
-    (base / "refs" / "main").write_text(commit)
-    snap = base / "snapshots" / commit
-    snap.mkdir(parents=True)
-    for name, write in files.items():
-        write(snap / name)
-
-
 def test_hub_name_loads_through_huggingface_hub(tiny_config, tokens, tmp_path, monkeypatch):
     """`from_pretrained("gpt2")` resolves to the hub repo and reads the bare GPT2Model layout of the
     published checkpoint (no `transformer.` prefix, `attn.bias` mask buffers), here from a cache."""
@@ -139,10 +128,9 @@ def test_hub_name_loads_through_huggingface_hub(tiny_config, tokens, tmp_path, m
     bare = {k.removeprefix("transformer."): v.contiguous() for k, v in hf.state_dict().items() if k != "lm_head.weight"}
     for i in range(tiny_config.n_layer):
         bare[f"h.{i}.attn.bias"] = torch.tril(torch.ones(1, 1, 32, 32))
-    config = hf.config.to_dict()
-    fake_hub_cache(tmp_path, "openai-community/gpt2", {
-        "config.json": lambda p: p.write_text(json.dumps(config)),
-        "model.safetensors": lambda p: save_file(bare, p),
+    put_repo(tmp_path, "model", "openai-community/gpt2", {
+        "config.json": json.dumps(hf.config.to_dict()).encode(),
+        "model.safetensors": save(bare, metadata={"format": "pt"}),
     })
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
     model = GPT.from_pretrained("gpt2").eval()

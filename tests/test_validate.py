@@ -92,10 +92,16 @@ def test_missing_teacher_checkpoint(tmp_path):
 
 
 def test_uncached_hub_teacher_offline(tmp_path, monkeypatch):
+    from krony.preflight import preflight
+
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "empty-cache"))
-    e = error_for(tmp_path, ["model.teacher=gpt2"])
-    assert e.key == "model.teacher" and "HF_HUB_OFFLINE" in str(e)
+    cfg = make_cfg(tmp_path, ["model.teacher=gpt2"])
+    validate(cfg)  # the config itself is fine ...
+    with pytest.raises(ConfigError) as info:
+        preflight(cfg)  # ... but there is no teacher to load
+    assert info.value.key == "model.teacher" and "HF_HUB_OFFLINE is set" in str(info.value)
+    assert "model.teacher=/path/to/dir" in str(info.value) and "\n" not in str(info.value)
 
 
 def test_run_stops_before_building_anything(tmp_path, monkeypatch):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
+import os
 from typing import Any
 
 import lightning as L
@@ -10,10 +12,19 @@ import torch
 from torch.utils.data import DataLoader
 
 from krony.data.memmap import EndlessShuffle, MemmapBlocks
-from krony.data.sources import TextSource
+from krony.data.sources import MODES, TextSource
 from krony.data.stream import PackedBlocks, resume_position
+from krony.train.preempt import ignore_in_worker, kill_workers_at_exit
 
-MODES = ("stream", "memmap")
+
+def init_worker(worker_id: int, rank: int = 0) -> None:
+    """Dataloader worker start: ignore pre-emption signals (the main process saves and stops the
+    workers), and seed the worker as Lightning does when `seed_everything(workers=True)` ran."""
+    ignore_in_worker()
+    if int(os.environ.get("PL_SEED_WORKERS", 0)):
+        from lightning.fabric.utilities.seed import pl_worker_init_function
+
+        pl_worker_init_function(worker_id, rank)
 
 
 class TextDataModule(L.LightningDataModule):
@@ -88,6 +99,8 @@ class TextDataModule(L.LightningDataModule):
         kwargs["generator"] = torch.Generator().manual_seed(self.seed)
         if self.num_workers > 0:
             kwargs["persistent_workers"] = split == "train"
+            kwargs["worker_init_fn"] = functools.partial(init_worker, rank=self._rank()[0])
+            kill_workers_at_exit()
         if self.mode == "memmap" and split == "train":
             rank, world = self._rank()
             start = self.batches_done * world * self.batch_size  # ranks take batch-sized turns along one order

@@ -17,7 +17,10 @@ from typing import Any, Iterator
 log = logging.getLogger(__name__)
 
 LOCAL_BUILDERS = ("text", "json", "parquet")
+MODES = ("stream", "memmap")
+"""How `TextDataModule` feeds training: tokenise a `TextSource` on the fly, or read prepared memmaps."""
 SAMPLES_DIR = Path(__file__).parent / "samples"
+HEAD_BYTES = 1 << 16  # how much of a local file `file_problem` reads
 
 
 def sample_path(name: str = "openwebtext_sample.txt") -> str:
@@ -26,6 +29,55 @@ def sample_path(name: str = "openwebtext_sample.txt") -> str:
     if not path.exists():
         raise ValueError(f"no shipped sample {name!r}; available: {sorted(p.name for p in SAMPLES_DIR.glob('*.txt'))}")
     return str(path)
+
+
+def file_problem(path: str | Path, builder: str = "text", text_field: str = "text") -> str | None:
+    """Why a local data file cannot be read as `builder` ("text", "json", "parquet"), or None.
+
+    Reads at most the first 64 KB (parquet: the footer): an empty file, binary content in a text
+    file (a NUL byte), a jsonl file whose first record is not a JSON object with `text_field`,
+    or a file that is not parquet or lacks the column. Anything subtler is counted and skipped
+    document by document while streaming."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if size == 0:
+            return "is empty"
+        if builder == "parquet":
+            import pyarrow.parquet as pq
+
+            with open(path, "rb") as f:
+                if f.read(4) != b"PAR1":
+                    return "is not a parquet file (no PAR1 magic)"
+            names = pq.read_schema(path).names
+            return None if text_field in names else f"has no column {text_field!r} (columns: {', '.join(names)})"
+        with open(path, "rb") as f:
+            head = f.read(HEAD_BYTES)
+    except OSError as e:
+        return f"cannot be read ({e.strerror or e})"
+    except Exception as e:  # noqa: BLE001 - pyarrow's errors for a damaged footer
+        return f"is not a readable parquet file ({str(e).splitlines()[0][:160]})"
+    nul = head.find(b"\0")
+    if nul >= 0:
+        return f"is not text: binary data (a NUL byte at offset {nul})"
+    text = head.decode("utf-8", errors="replace")
+    if builder == "text":
+        return None if text.strip() else "holds only whitespace"
+    first = next((line for line in text.splitlines() if line.strip()), "")
+    if not first:
+        return "holds only whitespace"
+    import json
+
+    try:
+        record = json.loads(first)
+    except ValueError as e:
+        if len(head) == HEAD_BYTES and len(first) >= len(text) - 1:
+            return None  # a first line longer than what was read: let the stream judge it
+        return f"is not JSON lines: the first line does not parse ({e})"
+    if not isinstance(record, dict) or text_field not in record:
+        return f"is not JSON lines with a {text_field!r} field: the first record is {type(record).__name__}" + (
+            f" with keys {sorted(record)[:8]}" if isinstance(record, dict) else "")
+    return None
 
 
 @dataclass
@@ -62,10 +114,43 @@ class TextSource:
 
     def __post_init__(self) -> None:
         self._ds = None
+        self._location: tuple[str, str | None] | None = None  # (path, revision) load_dataset reads
 
     @property
     def is_local(self) -> bool:
         return self.path in LOCAL_BUILDERS
+
+    def describe(self) -> str:
+        """The source in a few words, for messages: its files, or the hub dataset and revision."""
+        if self.is_local:
+            try:
+                files = self.local_files()
+            except ValueError:
+                files = [str(self.data_files)]
+            return ", ".join(files[:3]) + (f" and {len(files) - 3} more files" if len(files) > 3 else "")
+        return f"{self.path} (revision {self.revision or 'main'})"
+
+    def check_files(self) -> None:
+        """ValueError naming the first local file that is missing, empty or not of its format."""
+        for f in self.local_files():
+            problem = file_problem(f, self.path, self.text_field)
+            if problem:
+                raise ValueError(f"data.source.data_files: {f} {problem}")
+
+    def location(self) -> tuple[str, str | None]:
+        """(path, revision) for `load_dataset`: local builders and folders as they are, a hub
+        dataset from the hub or, offline, from its cached snapshot (`krony.hub`). Resolved once
+        and kept when the source is sent to dataloader workers."""
+        if self._location is None:
+            if self.is_local:
+                self._location = (self.path, None)
+            elif Path(self.path).expanduser().is_dir():  # a local copy laid out like the hub dataset
+                self._location = (str(Path(self.path).expanduser()), None)
+            else:
+                from krony.hub import dataset_location
+
+                self._location = dataset_location(self.path, self.revision)
+        return self._location
 
     def local_files(self) -> list[str]:
         """The local files this source reads, globs expanded; ValueError if any is missing."""
@@ -86,20 +171,21 @@ class TextSource:
             import datasets
 
             kwargs: dict[str, Any] = dict(split=self.split, streaming=True, **self.builder_kwargs)
+            path, revision = self.location()
             if self.is_local:
                 kwargs["data_files"] = self.local_files()
                 if self.path == "text":
                     kwargs["sample_by"] = self.sample_by
                     kwargs.setdefault("encoding_errors", "replace")  # invalid UTF-8 becomes U+FFFD, counted downstream
             else:
-                kwargs.update(name=self.name, revision=self.revision, data_files=self.data_files)
+                kwargs.update(name=self.name, revision=revision, data_files=self.data_files)
             try:
-                ds = datasets.load_dataset(self.path, **kwargs)
+                ds = datasets.load_dataset(path, **kwargs)
             except (ConnectionError, OSError, FileNotFoundError, ValueError) as e:
-                where = "local files" if self.is_local else f"hub dataset {self.path!r} at revision {self.revision}"
+                where = "local files" if self.is_local else f"dataset {self.describe()}"
                 raise ValueError(
-                    f"could not open the {where}: {e}. Offline, use local files (data=local, "
-                    f"data.source.data_files=...) or a prepared memmap (data=memmap)."
+                    f"could not open the {where}: {str(e).splitlines()[0] if str(e) else type(e).__name__}. "
+                    f"Offline, use local files (data=local, data.source.data_files=...) or a prepared memmap (data=memmap)."
                 ) from e
             if self.expected_files is not None and ds.num_shards != self.expected_files:
                 raise ValueError(
@@ -152,4 +238,4 @@ class TextSource:
         return state
 
 
-__all__ = ["LOCAL_BUILDERS", "TextSource", "sample_path"]
+__all__ = ["LOCAL_BUILDERS", "MODES", "TextSource", "file_problem", "sample_path"]

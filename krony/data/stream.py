@@ -182,8 +182,10 @@ class PackedBlocks(IterableDataset):
                 yield block
             if n == 0:
                 raise ValueError(
-                    f"shard {shard} of {num_shards} got no training block of {self.block_size + 1} tokens: "
-                    f"too little text for this block size, rank and worker count"
+                    f"shard {shard} of {num_shards} got no training block of {self.block_size + 1} tokens from "
+                    f"{self.source.describe()} ({self.stats.documents} documents read, {self.val_documents} held out "
+                    f"for validation): too little text for this context, rank and worker count; add text, lower "
+                    f"context or data.num_workers, or lower data.val_documents"
                 )
             epoch += 1
 

@@ -1,4 +1,5 @@
-"""Callbacks: tokens/s, the HParams summary with final metrics, and the export of the best model."""
+"""Callbacks: tokens/s, the HParams summary with final metrics, the export of the best model, the
+evaluation after training, and saving the step in progress on a pre-emption signal."""
 
 from __future__ import annotations
 
@@ -6,16 +7,21 @@ import copy
 import json
 import logging
 import math
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from krony.checkpoint import load_state_dict_checked
+from krony.fileio import torch_load
+from krony.train.preempt import SIGNALS, Preempted, requeue_slurm_job, slurm_job_id
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +136,7 @@ class ExportModel(L.Callback):
         best = getattr(trainer.checkpoint_callback, "best_model_path", "") if trainer.checkpoint_callback else ""
         student = module.student
         if best and Path(best).exists():
-            state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+            state = torch_load(best, "checkpoint")["state_dict"]
             weights = {k.removeprefix("student."): v for k, v in state.items() if k.startswith("student.")}
             student = copy.deepcopy(module.student).cpu()  # same structure, compressed layers included
             load_state_dict_checked(student, weights)
@@ -176,4 +182,101 @@ class EvaluateAtEnd(L.Callback):
         (Path(self.dirpath) / "results.json").write_text(json.dumps(record, indent=2) + "\n")
 
 
-__all__ = ["EvaluateAtEnd", "ExportModel", "HParamsSummary", "Throughput"]
+class Preemption(L.Callback):
+    """Save a checkpoint at the end of the step in progress when one of `signals` arrives, then
+    stop with `Preempted` (see `krony.train.preempt`).
+
+    Args:
+        signals: signal names to catch ("SIGTERM", "SIGUSR1", "SIGUSR2").
+        requeue: "auto" requeues the job when it runs under SLURM; "never" does not.
+    """
+
+    def __init__(self, signals: list[str] | tuple[str, ...] = SIGNALS, requeue: str = "auto") -> None:
+        unknown = [s for s in signals if not isinstance(getattr(signal, str(s), None), signal.Signals)]
+        if unknown:
+            raise ValueError(f"unknown signals {unknown}; use names such as {', '.join(SIGNALS)}")
+        if requeue not in ("auto", "never"):
+            raise ValueError(f"requeue must be 'auto' or 'never', got {requeue!r}")
+        self.signals = tuple(str(s) for s in signals)
+        self.requeue = requeue
+        self.received: str | None = None  # name of the first signal caught
+        self.saved_step: int | None = None  # step of the checkpoint saved for it
+        self.checkpoint: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    # ------------------------------------------------------------------ signals
+
+    def _catch(self, signum: int, frame: Any) -> None:
+        self.received = self.received or signal.Signals(signum).name
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit" or threading.current_thread() is not threading.main_thread():
+            return
+        for name in self.signals:
+            sig = getattr(signal, name)
+            self._previous[sig] = signal.signal(sig, self._catch)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        self._previous = {}
+
+    # ------------------------------------------------------------------ save, then stop
+
+    def _signalled(self, trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
+        """Whether any rank caught a signal (ranks agree, so they save and stop together)."""
+        flag = self.received is not None
+        if trainer.world_size > 1:
+            flag = bool(trainer.strategy.reduce(torch.tensor(float(flag), device=pl_module.device), reduce_op="max"))
+            if flag and self.received is None:
+                self.received = "a signal on another rank"
+        return flag
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self._signalled(trainer, pl_module) and self.saved_step != trainer.global_step:
+            self._save(trainer)
+
+    def _stop_if_saved(self, trainer: L.Trainer) -> None:
+        if self.saved_step is not None:
+            raise Preempted(self.received or "a signal", self.saved_step, self.checkpoint)
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        self._stop_if_saved(trainer)
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn == "fit":  # no validation run between the save and the stop
+            self._stop_if_saved(trainer)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        if isinstance(exception, SIGTERMException):
+            # Lightning stops at the end of a step on SIGTERM; if the signal came after this
+            # callback's turn in that step (during validation, say), save that step now
+            self.received = self.received or "SIGTERM"
+            if self.saved_step != trainer.global_step and trainer.world_size == 1:
+                self._save(trainer)
+        if isinstance(exception, (Preempted, SIGTERMException)) and self.requeue == "auto" and trainer.is_global_zero:
+            job = slurm_job_id()
+            if job is not None:
+                requeue_slurm_job(job)
+
+    def _save(self, trainer: L.Trainer) -> None:
+        """Save this step as the periodic checkpoint callback would (through its own methods, so
+        the file is named, linked and pruned like the others), or to checkpoints/last.ckpt."""
+        periodic = [c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and c.save_last and c.dirpath]
+        if periodic:
+            cb = periodic[0]
+            if cb._last_global_step_saved != trainer.global_step:  # not saved at this step already
+                candidates = cb._monitor_candidates(trainer)
+                cb._save_topk_checkpoint(trainer, candidates)
+                cb._save_last_checkpoint(trainer, candidates)
+            path = Path(cb.last_model_path).resolve() if cb.last_model_path else None
+        else:
+            path = Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
+            trainer.save_checkpoint(path)
+        self.saved_step, self.checkpoint = trainer.global_step, str(path) if path else None
+        log.warning("%s received: saved step %d to %s; stopping", self.received, trainer.global_step, path)
+
+
+__all__ = ["EvaluateAtEnd", "ExportModel", "HParamsSummary", "Preemption", "Throughput"]

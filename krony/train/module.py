@@ -122,8 +122,17 @@ class LanguageModelModule(L.LightningModule):
             bad = self.trainer.strategy.reduce(bad, reduce_op="max")
         return not bool(bad)
 
+    def _grad_scaler(self):
+        """The fp16 grad scaler of `16-mixed` precision, or None."""
+        return getattr(self.trainer.precision_plugin, "scaler", None)
+
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         bad_loss, self._bad_loss = self._bad_loss, False
+        if self._grad_scaler() is not None and not bad_loss:
+            # fp16: gradients that overflow are the grad scaler's to handle (it skips the step and
+            # lowers its scale), not a sign of a diverging run
+            self.bad_in_a_row = 0
+            return
         grads = [p.grad for p in self.student.parameters() if p.grad is not None]
         if not bad_loss and (not grads or self._all_ranks_finite(torch.stack(torch._foreach_norm(grads)))):
             self.bad_in_a_row = 0
@@ -208,7 +217,9 @@ class LanguageModelModule(L.LightningModule):
 
     def configure_optimizers(self):
         total = self.trainer.max_steps if self.trainer.max_steps and self.trainer.max_steps > 0 else 10**9
-        opt, sched = build_optimizer(self.student, self.optim_cfg, total, on_cuda=self.device.type == "cuda")
+        clips = bool(self.trainer.gradient_clip_val) and self._grad_scaler() is not None
+        opt, sched = build_optimizer(self.student, self.optim_cfg, total, on_cuda=self.device.type == "cuda",
+                                     clips_scaled_grads=clips)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # ------------------------------------------------------------------ what gets logged

@@ -54,9 +54,12 @@ def lr_multiplier(step: int, cfg: OptimConfig, total_steps: int) -> float:
     return 1.0 - (1.0 - floor) * progress
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig, total_steps: int, on_cuda: bool = False):
-    """(AdamW, LambdaLR stepping once per optimizer step)."""
-    fused = cfg.fused if cfg.fused is not None else on_cuda
+def build_optimizer(model: nn.Module, cfg: OptimConfig, total_steps: int, on_cuda: bool = False,
+                    clips_scaled_grads: bool = False):
+    """(AdamW, LambdaLR stepping once per optimizer step). The fused kernel is the default on
+    CUDA, except when gradients scaled for fp16 are clipped (`clips_scaled_grads`): a fused AdamW
+    unscales inside its step, after clipping would have seen scaled gradients."""
+    fused = cfg.fused if cfg.fused is not None else on_cuda and not clips_scaled_grads
     opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=fused)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_multiplier(step, cfg, total_steps))
     return opt, sched

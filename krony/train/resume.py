@@ -1,50 +1,82 @@
 """Which earlier job a run continues: job identity, status files and the last good checkpoint.
 
-Every job writes `job.json` into its directory: a key made of the command-line overrides
-that define it (the sweep's values included), and its status (running / finished / failed).
-Started again with the same command, a job looks for the newest earlier directory with its
-key under `logs/`: finished -> skipped; interrupted or failed with a checkpoint -> training
-continues in that directory from its newest checkpoint; otherwise it starts afresh.
+A job's identity is its resolved config, less the keys that do not change what it computes
+(where files go, logging, progress bars, checkpoint cadence: `NOT_IDENTITY`). Every job writes
+`job.json` into its directory: that identity, a short hash of it (`key`) and its status
+(running / finished / failed / interrupted). Started again, a job
+
+- looks first in its own directory (a fixed `hydra.run.dir` or `paths.output_dir`, a requeued
+  cluster job): same key -> skip if finished, else continue from the newest checkpoint there;
+  another key with checkpoints -> refused, naming what changed;
+- else looks for the newest directory with its key under `logs/`: finished -> skipped;
+  interrupted or failed with a checkpoint -> training continues in that directory;
+- else starts afresh; an earlier run of the same name with another config is named in one line.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Any
+
+from krony.fileio import write_text
 
 JOB_FILE = "job.json"
-IGNORED_OVERRIDES = ("resume", "hydra.", "paths.", "trainer.enable_progress_bar")
-"""Overrides that do not change what a job computes, so do not change its identity."""
+NOT_IDENTITY = (
+    "paths", "hydra", "logger", "callbacks", "resume", "ckpt_path", "run_name", "log_scalars_every",
+    "trainer.enable_progress_bar", "trainer.log_every_n_steps", "trainer.enable_model_summary",
+    "trainer.default_root_dir",
+)
+"""Config keys (and everything under them) that do not change what a job computes."""
 
 
-def job_key(overrides: Iterable[str]) -> str:
-    """A short hash of the overrides that define a job, order-independent."""
-    kept = sorted(o.lstrip("+~") for o in overrides if not o.lstrip("+~").startswith(IGNORED_OVERRIDES))
-    return hashlib.sha256("\n".join(kept).encode()).hexdigest()[:16]
+def job_identity(config: dict[str, Any]) -> dict[str, Any]:
+    """The resolved config as {dotted key: value}, less `NOT_IDENTITY`."""
+    flat: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict) and node:
+            for k, v in node.items():
+                walk(v, f"{prefix}.{k}" if prefix else str(k))
+        else:
+            flat[prefix] = node
+
+    walk(config, "")
+    return {k: v for k, v in sorted(flat.items())
+            if not any(k == x or k.startswith(x + ".") for x in NOT_IDENTITY)}
 
 
-def write_status(directory: str | Path, key: str, status: str, **extra) -> None:
+def job_key(identity: dict[str, Any]) -> str:
+    """A short hash of a job identity."""
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def config_changes(old: dict[str, Any] | None, new: dict[str, Any], limit: int = 5) -> str:
+    """What differs between two identities, as "key old -> new, ..." (at most `limit` keys)."""
+    if not old:
+        return "its config was not recorded"
+    keys = sorted(k for k in set(old) | set(new) if old.get(k, "<unset>") != new.get(k, "<unset>"))
+    shown = ", ".join(f"{k} {old.get(k, '<unset>')!r} -> {new.get(k, '<unset>')!r}" for k in keys[:limit])
+    return "changed: " + shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def write_status(directory: str | Path, key: str, status: str, **extra: Any) -> None:
     """Record this job's key and status in `directory/job.json` (atomic replace)."""
     path = Path(directory) / JOB_FILE
-    record = json.loads(path.read_text()) if path.exists() else {}
+    record = read_status(directory)
     record.update(key=key, status=status, updated=time.strftime("%Y-%m-%d %H:%M:%S"), **extra)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_text(path, json.dumps(record, indent=2, default=str) + "\n")
 
 
-def read_status(directory: str | Path) -> dict:
-    path = Path(directory) / JOB_FILE
+def read_status(directory: str | Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text())
+        record = json.loads((Path(directory) / JOB_FILE).read_text())
     except (OSError, ValueError):
         return {}
+    return record if isinstance(record, dict) else {}
 
 
 def latest_checkpoint(directory: str | Path) -> Path | None:
@@ -60,28 +92,84 @@ def latest_checkpoint(directory: str | Path) -> Path | None:
 
 @dataclass
 class Previous:
-    """An earlier directory of the same job and what it holds."""
+    """An earlier directory of a job and what it holds."""
 
     directory: Path
-    status: str
-    checkpoint: Path | None
+    record: dict[str, Any]
+
+    @property
+    def status(self) -> str:
+        return self.record.get("status", "running")
+
+    @property
+    def checkpoint(self) -> Path | None:
+        return latest_checkpoint(self.directory)
 
 
-def find_previous(log_dir: str | Path, key: str, exclude: str | Path | None = None) -> Previous | None:
-    """The newest directory under `log_dir` (runs and sweeps) whose job has `key`."""
-    exclude = Path(exclude).resolve() if exclude else None
+def _earlier_jobs(log_dir: str | Path, exclude: Path) -> list[tuple[float, Previous]]:
     found = []
     for job_file in Path(log_dir).glob(f"*/*/*/{JOB_FILE}"):  # runs/<name>/<time>, sweeps/<time>/<name>
-        directory = job_file.parent
-        if exclude is not None and directory.resolve() == exclude:
-            continue
-        status = read_status(directory)
-        if status.get("key") == key:
-            found.append((job_file.stat().st_mtime, directory, status.get("status", "running")))
-    if not found:
-        return None
-    _, directory, status = max(found)
-    return Previous(directory, status, latest_checkpoint(directory))
+        directory = job_file.parent.resolve()  # absolute: checkpoint callbacks compare their dirpath on resume
+        if directory != exclude:
+            found.append((job_file.stat().st_mtime, Previous(directory, read_status(directory))))
+    return found
 
 
-__all__ = ["Previous", "find_previous", "job_key", "latest_checkpoint", "read_status", "write_status"]
+def find_previous(log_dir: str | Path, key: str, exclude: str | Path) -> Previous | None:
+    """The newest directory under `log_dir` (runs and sweeps) whose job has `key`."""
+    same = [(t, p) for t, p in _earlier_jobs(log_dir, Path(exclude).resolve()) if p.record.get("key") == key]
+    return max(same, key=lambda tp: tp[0])[1] if same else None
+
+
+@dataclass
+class Plan:
+    """What a job started again does: "fresh", "continue" (from `checkpoint`, in `directory`) or
+    "skip" (finished in `directory`); `note` is one line for the log."""
+
+    action: str
+    directory: Path
+    checkpoint: Path | None = None
+    note: str = ""
+
+
+def plan_job(output_dir: str | Path, log_dir: str | Path, identity: dict[str, Any], run_name: str) -> Plan:
+    """Where and how the job of `identity` runs, given what earlier runs left (see the module doc).
+    Raises ValueError when `output_dir` holds checkpoints of another config."""
+    out, key = Path(output_dir).resolve(), job_key(identity)
+    own = read_status(out)
+    if own:  # this very directory held a job: a fixed run directory, or a requeued job
+        if own.get("key") == key:
+            return _continue(Previous(out, own), out)
+        changes = config_changes(own.get("identity"), identity)
+        if latest_checkpoint(out) is not None:
+            raise ValueError(
+                f"{out} holds checkpoints of a run with another config ({changes}); it is not resumed. "
+                f"Use another directory (hydra.run.dir=... or paths.output_dir=...), or resume=false to "
+                f"train afresh there (its checkpoints are moved aside)"
+            )
+        return Plan("fresh", out, note=f"{out} held a run of another config without checkpoints ({changes}): training afresh")
+    prev = find_previous(log_dir, key, exclude=out)
+    if prev is not None:
+        return _continue(prev, out)
+    others = [(t, p) for t, p in _earlier_jobs(log_dir, out) if p.record.get("run_name") == run_name]
+    if others:
+        other = max(others, key=lambda tp: tp[0])[1]
+        changes = config_changes(other.record.get("identity"), identity)
+        return Plan("fresh", out, note=f"an earlier run of {run_name} in {other.directory} had another config "
+                                       f"({changes}): not resumed, training afresh")
+    return Plan("fresh", out)
+
+
+def _continue(prev: Previous, out: Path) -> Plan:
+    if prev.status == "finished":
+        return Plan("skip", prev.directory)
+    checkpoint = prev.checkpoint
+    if checkpoint is None:  # stopped before its first checkpoint: nothing to continue from
+        return Plan("fresh", out)
+    return Plan("continue", prev.directory, checkpoint)
+
+
+__all__ = [
+    "JOB_FILE", "NOT_IDENTITY", "Plan", "Previous", "config_changes", "find_previous", "job_identity", "job_key",
+    "latest_checkpoint", "plan_job", "read_status", "write_status",
+]
