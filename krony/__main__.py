@@ -14,9 +14,10 @@ from typing import Sequence
 import torch
 
 from krony.compression import CONVENTIONS, compress, count_params, decompress, kronecker_layers, model_size
+from krony.config import PRESETS, GPTConfig
 from krony.inits import INITS
 from krony.kronecker import path_costs
-from krony.model import GPT, PRESETS, GPTConfig
+from krony.model import GPT
 from krony.schemes import TABLE1, get_scheme
 
 

@@ -234,6 +234,27 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
     return sd.get("state_dict", sd)
 
 
+def check_weights(path: Path) -> None:
+    """Make sure `path` (a weights file or a model directory) can be read, without reading the
+    tensors: the safetensors header and its coverage of the file, or a torch file's index, and
+    config.json. `InvalidFile` ("<path> is not a valid ...") otherwise."""
+    from safetensors import safe_open
+
+    weights, cfg_path = _resolve_local(Path(path))
+    if cfg_path is not None:
+        read_config(cfg_path)
+    if weights.name.endswith(".index.json"):
+        return
+    if weights.suffix == ".safetensors":
+        try:
+            with safe_open(str(weights), "pt"):
+                pass
+        except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
+            raise InvalidFile(weights, "weights file", describe_load_error(e)) from None
+    else:
+        torch_load(weights, "weights file", mmap=True)
+
+
 def read_config(path: Path) -> dict[str, Any]:
     """config.json as a dict; `InvalidFile` if it is not JSON."""
     try:
@@ -295,6 +316,7 @@ __all__ = [
     "kronecker_spec",
     "load_model",
     "load_state_dict_checked",
+    "check_weights",
     "read_config",
     "read_weights",
     "save_model",

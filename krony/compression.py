@@ -14,10 +14,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from krony.config import LAYER_SETS
+from krony.config import LAYER_SETS, GPTConfig
 from krony.inits import InitFn, get_init
 from krony.kronecker import KroneckerLinear
-from krony.model import GPT, GPTConfig
+from krony.model import GPT
 from krony.schemes import Scheme, get_scheme
 
 FFN_MODULES = ("c_fc", "c_proj")

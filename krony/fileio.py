@@ -64,11 +64,15 @@ def describe_load_error(e: BaseException) -> str:
 def torch_load(path: str | os.PathLike, what: str = "checkpoint", **kwargs: Any) -> Any:
     """`torch.load(path, weights_only=True)` on the CPU; a damaged or foreign file raises
     `InvalidFile` naming the path."""
-    import torch
+    import zipfile
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what} {path} does not exist")
+    if kwargs.get("mmap") and not zipfile.is_zipfile(path):  # mmap needs torch's zip format
+        raise InvalidFile(path, what, "not a torch file (no zip archive: damaged, cut short, or another format)")
+    import torch
+
     try:
         return torch.load(path, map_location=kwargs.pop("map_location", "cpu"), weights_only=True, **kwargs)
     except Exception as e:  # noqa: BLE001 - every failure to read becomes the same one-line error

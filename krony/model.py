@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from krony.config import PRESETS, GPTConfig
+from krony.config import GPTConfig
 from krony.kronecker import fusable, kron_ffn
 
 

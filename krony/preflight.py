@@ -8,7 +8,7 @@ starting dataloader workers), and each stops the run with one line:
   seconds, or the run goes on from the local cache (`krony.hub`), or stops naming the fix;
 - the streamed dataset is opened here, in the main process, so a wrong revision or a missing
   cache is one line, not a dataloader worker's traceback;
-- a checkpoint to continue from is opened (lazily) to make sure it is one.
+- a local teacher's and a checkpoint's headers are read to make sure they are what they claim.
 
 The evaluation after training only warns: a run is not refused for its final benchmark.
 """
@@ -49,11 +49,16 @@ def check_accelerator(trainer: dict[str, Any]) -> None:
 
 
 def check_teacher(model: dict[str, Any]) -> None:
-    """A hub teacher must be downloadable now or already cached."""
+    """A local teacher must be readable (headers only); a hub teacher downloadable now or cached."""
     from krony import hub
 
     teacher = model.get("teacher")
-    if teacher is None or Path(str(teacher)).expanduser().exists() or hub.looks_like_path(str(teacher)):
+    if teacher is None or (hub.looks_like_path(str(teacher)) and not Path(str(teacher)).expanduser().exists()):
+        return  # random weights, or a missing path (validate() names it)
+    if Path(str(teacher)).expanduser().exists():
+        from krony.checkpoint import check_weights
+
+        check_weights(Path(str(teacher)).expanduser())
         return
     if not hub.use_hub() and hub.cached_model_files(str(teacher)) is None:
         raise ConfigError("model.teacher", teacher, f"{hub.why_offline()} and no copy is cached in {hub.cache_dir()}; "

@@ -77,11 +77,16 @@ def train(cfg: DictConfig, ckpt_path: str | Path | None = None) -> dict[str, flo
     """Run one job: check the config and the machine, build data, model, trainer; fit (or
     validate, or continue fitting from `ckpt_path`); return the final metrics. A pre-emption
     signal ends it with `Preempted` after saving the step in progress."""
+    from krony.fileio import InvalidFile
     from krony.preflight import check_checkpoint, preflight
 
     validate(cfg)  # one-line errors for bad values before anything heavy is imported or built
     preflight(cfg)  # the GPU, the hub, the dataset, the checkpoint: one line each, before any heavy work
-    check_checkpoint(ckpt_path)
+    try:
+        check_checkpoint(ckpt_path)
+    except InvalidFile as e:  # the checkpoint resume found
+        raise InvalidFile(e.path, e.what, f"{e.reason}; continue from another one with ckpt_path=..., or train "
+                          f"afresh with resume=false") from None
 
     import lightning as L
     import torch

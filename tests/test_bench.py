@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from krony.bench.__main__ import main, markdown
-from krony.model import GPTConfig
+from krony.config import GPTConfig
 
 
 def test_layer_bench_rows_and_json(tmp_path, capsys):
@@ -74,16 +74,6 @@ def test_compile_has_no_graph_breaks_through_kronecker_layers(tiny_model, tokens
         model = compress(copy.deepcopy(tiny_model), scheme, init="random")
         explanation = torch._dynamo.explain(model)(tokens[:1, :8], tokens[:1, :8])
         assert explanation.graph_break_count == 0, explanation.break_reasons
-
-
-def test_bf16_autocast_on_cpu_runs_the_factored_paths(tiny_model, tokens):
-    from krony import compress
-
-    model = compress(tiny_model, "16x8", init="vanloan")
-    _, loss32 = model(tokens[:, :16], tokens[:, 1:17])
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        logits, loss = model(tokens[:, :16], tokens[:, 1:17])
-    assert logits.dtype == torch.bfloat16
-    assert loss.item() == pytest.approx(loss32.item(), rel=0.02)
-    loss.backward()
-    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # as trainer=gpu with model.compile=true runs it
+            explanation = torch._dynamo.explain(model)(tokens[:1, :8], tokens[:1, :8])
+        assert explanation.graph_break_count == 0, explanation.break_reasons

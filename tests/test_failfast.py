@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_configs import make_cfg
 
 from krony.fileio import InvalidFile, torch_load
 from krony.validate import ConfigError, validate
-from test_configs import make_cfg
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
 
@@ -131,6 +131,23 @@ def test_a_damaged_checkpoint_is_named_and_never_unpickled(tmp_path):
     line = failure_line(out)
     assert f"{bad} is not a valid checkpoint:" in line
     assert "weights_only" not in out.stdout + out.stderr
+
+
+@pytest.mark.slow
+def test_a_damaged_checkpoint_found_by_resume_is_named_with_the_way_out(tmp_path):
+    run_dir = tmp_path / "fixed"
+    args = ["experiment=smoke", "+model.teacher_config.n_embd=128", "+model.teacher_config.n_head=2", "decomp=custom",
+            "decomp.name=64x32", "trainer.max_steps=1", "trainer.val_check_interval=1", "trainer.limit_val_batches=1",
+            f"hydra.run.dir={run_dir}"]
+    out, _ = krony_run(args, tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    job = run_dir / "job.json"
+    job.write_text(job.read_text().replace('"finished"', '"interrupted"'))  # as if pre-empted at its last step
+    ckpt = (run_dir / "checkpoints" / "last.ckpt").resolve()
+    ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])  # cut short (a full disk, a copy interrupted)
+    out, _ = krony_run(args, tmp_path)
+    line = failure_line(out)
+    assert f"{ckpt} is not a valid checkpoint:" in line and "ckpt_path=..., or train afresh with resume=false" in line
 
 
 class NotATensor:

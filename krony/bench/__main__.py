@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> list[dict]:
                             args.factors, args.rounds, args.compile)
     if args.command == "model":
         from krony.bench.model import bench_models
-        from krony.model import GPTConfig
+        from krony.config import GPTConfig
 
         config = GPTConfig.from_preset(args.preset, **({"n_layer": args.n_layer} if args.n_layer else {}))
         return bench_models(args.models, config, args.batch, args.seq_len, args.device, dtype, args.rounds,

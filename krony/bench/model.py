@@ -14,8 +14,9 @@ import torch
 
 from krony.bench.timing import interleaved, peak_rss_bytes, peak_rss_reset, sync
 from krony.compression import compress, count_params
+from krony.config import GPTConfig
 from krony.flops import peak_flops, train_flops
-from krony.model import GPT, GPTConfig
+from krony.model import GPT
 
 MODELS: dict[str, dict] = {
     "gpt2": {},  # dense GPT-2

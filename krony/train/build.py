@@ -9,6 +9,7 @@ from torch import nn
 
 from krony.compression import compress, count_params
 from krony.config import DISTILGPT2_LAYERS, KINDS, GPTConfig, ModelConfig
+from krony.fileio import InvalidFile
 from krony.model import GPT, CausalSelfAttention
 
 
@@ -17,6 +18,8 @@ def load_teacher(cfg: ModelConfig, seed: int = 0) -> GPT:
     if cfg.teacher is not None:
         try:
             return GPT.from_pretrained(cfg.teacher)
+        except InvalidFile:
+            raise
         except ValueError as e:
             raise ValueError(f"model.teacher={cfg.teacher!r}: {e} Or run offline with experiment=smoke.") from e
     overrides = dict(cfg.teacher_config or {})
