@@ -19,20 +19,21 @@ def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
     return ((got.float() - want).norm() / want.norm().clamp_min(1e-30)).item()
 
 
-def grads_under(model: GPT, x: torch.Tensor, dtype: torch.dtype | None, scale: float = 1.0) -> dict[str, torch.Tensor]:
-    """Gradients of the LM loss on x, under CPU autocast to `dtype` (None: fp32), loss times `scale`."""
+def grads_under(model: GPT, x: torch.Tensor, dtype: torch.dtype | None, scale: float = 1.0, run=None) -> dict[str, torch.Tensor]:
+    """Gradients of the LM loss on x, under autocast to `dtype` on x's device (None: fp32), loss
+    times `scale`; `run` replaces the model's forward (a compiled one)."""
     model.zero_grad(set_to_none=True)
-    with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-        logits, loss = model(x, x)
+    with torch.autocast(x.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+        logits, loss = (run or model)(x, x)
     if dtype is not None:
         assert logits.dtype == dtype
     (loss * scale).backward()
     return {n: p.grad.float() / scale for n, p in model.named_parameters() if p.grad is not None}
 
 
-def assert_close_grads(model: GPT, x: torch.Tensor, dtype: torch.dtype, tol: float, scale: float = 1.0) -> None:
+def assert_close_grads(model: GPT, x: torch.Tensor, dtype: torch.dtype, tol: float, scale: float = 1.0, run=None) -> None:
     want = grads_under(model, x, None)
-    got = grads_under(model, x, dtype, scale)
+    got = grads_under(model, x, dtype, scale, run)
     assert got.keys() == want.keys()
     factor_names = [n for n in want if n.endswith((".A", ".B", ".scalars"))]
     assert factor_names, "no Kronecker factor received a gradient"
@@ -157,3 +158,20 @@ def test_fused_adamw_is_not_chosen_when_scaled_gradients_are_clipped():
     model = torch.nn.Linear(4, 4)
     fused = lambda **kw: build_optimizer(model, OptimConfig(), 10, **kw)[0].defaults["fused"]  # noqa: E731
     assert fused(on_cuda=True) and not fused(on_cuda=True, clips_scaled_grads=True) and not fused(on_cuda=False)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("scheme,factors,scalars", SCHEME_CASES, ids=[f"{s}-r{r}{'-s' if sc else ''}" for s, r, sc in SCHEME_CASES])
+def test_cuda_bf16_eager_and_compiled_gradients_match_fp32(scheme, factors, scalars):
+    """The same check on the GPU, eager on every path and compiled with torch.compile (what
+    trainer=gpu model.compile=true runs)."""
+    model = compressed_block(scheme, factors, scalars).cuda()
+    x = torch.randint(0, GPT2_BLOCK.vocab_size, (2, 32), generator=torch.Generator().manual_seed(1)).cuda()
+    for path in ("auto", *PATHS):
+        for layer in kronecker_layers(model).values():
+            layer.path = path
+        assert_close_grads(model, x, torch.bfloat16, BF16_TOL)
+    for layer in kronecker_layers(model).values():
+        layer.path = "auto"
+    assert_close_grads(model, x, torch.bfloat16, BF16_TOL, run=torch.compile(model))

@@ -59,6 +59,19 @@ def test_default_command_runs_offline_from_the_hub_cache(hub_home, tmp_path):
     assert (job / "export" / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~_umask()
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_default_command_on_the_gpu_with_bf16_and_compile(hub_home, tmp_path):
+    """The default command as users run it (trainer=gpu: bf16-mixed), compiled."""
+    sizes = ["trainer.max_steps=20", "context=256", "data.batch_size=8", "trainer.val_check_interval=20",
+             "trainer.limit_val_batches=2", "model.compile=true"]
+    out = run(sizes, tmp_path, env_with_cache(hub_home))
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    (job,) = (tmp_path / "logs" / "runs" / "81m-vanloan-r1").iterdir()
+    results = json.loads((job / "results.json").read_text())["results"]
+    assert all(torch.isfinite(torch.tensor(r["ppl"])) for r in results.values())
+
+
 @pytest.mark.slow
 def test_eval_of_the_hub_model_offline(hub_home, tmp_path):
     out = run(["model=gpt2", "max_tokens=2048", "max_examples=6", "batch_size=2"], tmp_path, env_with_cache(hub_home),
