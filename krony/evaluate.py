@@ -1,4 +1,4 @@
-"""Perplexity protocols (DESIGN section 6) and the loaders that give them text.
+"""Perplexity protocols (README: Evaluate and report) and the loaders that give them text.
 
 - "paper": rows joined with "\\n\\n", tokenised once, non-overlapping windows of `context`
   tokens; each window's loss is the mean CE over its predicted tokens; ppl = exp(mean of the

@@ -3,7 +3,7 @@
 MFU = (training FLOPs per token x tokens per second) / peak FLOPs of the device. The
 FLOPs are counted by `torch.utils.flop_counter` on the meta device, so a Kronecker layer
 counts the GEMMs it really runs, not the dense ones it replaces; `analytic_flops_per_token`
-is DESIGN's closed form (6N + 12 L d T, N the weights multiplied per token) as a check.
+is the closed form 6N + 12 L d T (N the weights multiplied per token; PaLM's MFU formula) as a check.
 """
 
 from __future__ import annotations

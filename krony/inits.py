@@ -1,4 +1,4 @@
-"""Initialisations of Kronecker factors from a dense weight (DESIGN section 3).
+"""Initialisations of Kronecker factors from a dense weight (README: Initialisations).
 
 Every function takes a weight W in `nn.Linear` layout (out, in) = (m1*m2, n1*n2),
 the A dims (m1, n1) and the number of factors r, and returns `(A, B, s)` with

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 PUBLISHED: list[dict[str, Any]] = [
-    # paper protocol (DESIGN section 6): WikiText-103, WikiText-2, LAMBADA perplexity
+    # paper protocol: WikiText-103, WikiText-2, LAMBADA perplexity
     {"model": "GPT-2 (124M)", "params": 124_439_808, "wikitext103": 29.16, "wikitext2": 24.67, "lambada": 45.28},
     {"model": "DistilGPT2", "params": 81_912_576, "wikitext103": 44.53, "wikitext2": 36.48, "lambada": 76.00},
     {"model": "KronyPT-81M (v1)", "params": 81_972_576, "wikitext103": 41.98, "wikitext2": 34.99, "lambada": 64.92},

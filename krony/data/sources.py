@@ -84,7 +84,7 @@ def file_problem(path: str | Path, builder: str = "text", text_field: str = "tex
 class TextSource:
     """A streamed text dataset.
 
-    OpenWebText defaults (DESIGN section 5): the parquet copy of `Skylion007/openwebtext`
+    OpenWebText defaults (README: Data): the parquet copy of `Skylion007/openwebtext`
     at a pinned revision, 80 files under `plain_text/`.
     """
 
