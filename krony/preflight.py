@@ -53,13 +53,16 @@ def check_teacher(model: dict[str, Any]) -> None:
     from krony import hub
 
     teacher = model.get("teacher")
-    if teacher is None or (hub.looks_like_path(str(teacher)) and not Path(str(teacher)).expanduser().exists()):
-        return  # random weights, or a missing path (validate() names it)
-    if Path(str(teacher)).expanduser().exists():
+    if teacher is None:
+        return  # random weights
+    local = Path(str(teacher)).expanduser()
+    if local.exists():
         from krony.checkpoint import check_weights
 
-        check_weights(Path(str(teacher)).expanduser())
+        check_weights(local)
         return
+    if hub.looks_like_path(str(teacher)):
+        return  # a missing path: validate() names it
     if not hub.use_hub() and hub.cached_model_files(str(teacher)) is None:
         raise ConfigError("model.teacher", teacher, f"{hub.why_offline()} and no copy is cached in {hub.cache_dir()}; "
                           f"give a local copy (model.teacher=/path/to/dir, a folder written by save_pretrained) "

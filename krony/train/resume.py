@@ -106,19 +106,14 @@ class Previous:
         return latest_checkpoint(self.directory)
 
 
-def _earlier_jobs(log_dir: str | Path, exclude: Path) -> list[tuple[float, Previous]]:
+def _earlier_jobs(log_dir: str | Path, exclude: Path) -> list[Previous]:
+    """The job directories under `log_dir` (runs and sweeps) but `exclude`, newest first."""
     found = []
     for job_file in Path(log_dir).glob(f"*/*/*/{JOB_FILE}"):  # runs/<name>/<time>, sweeps/<time>/<name>
         directory = job_file.parent.resolve()  # absolute: checkpoint callbacks compare their dirpath on resume
         if directory != exclude:
             found.append((job_file.stat().st_mtime, Previous(directory, read_status(directory))))
-    return found
-
-
-def find_previous(log_dir: str | Path, key: str, exclude: str | Path) -> Previous | None:
-    """The newest directory under `log_dir` (runs and sweeps) whose job has `key`."""
-    same = [(t, p) for t, p in _earlier_jobs(log_dir, Path(exclude).resolve()) if p.record.get("key") == key]
-    return max(same, key=lambda tp: tp[0])[1] if same else None
+    return [p for _, p in sorted(found, key=lambda tp: tp[0], reverse=True)]
 
 
 @dataclass
@@ -148,12 +143,12 @@ def plan_job(output_dir: str | Path, log_dir: str | Path, identity: dict[str, An
                 f"train afresh there (its checkpoints are moved aside)"
             )
         return Plan("fresh", out, note=f"{out} held a run of another config without checkpoints ({changes}): training afresh")
-    prev = find_previous(log_dir, key, exclude=out)
-    if prev is not None:
-        return _continue(prev, out)
-    others = [(t, p) for t, p in _earlier_jobs(log_dir, out) if p.record.get("run_name") == run_name]
-    if others:
-        other = max(others, key=lambda tp: tp[0])[1]
+    earlier = _earlier_jobs(log_dir, out)
+    same = next((p for p in earlier if p.record.get("key") == key), None)
+    if same is not None:
+        return _continue(same, out)
+    other = next((p for p in earlier if p.record.get("run_name") == run_name), None)
+    if other is not None:
         changes = config_changes(other.record.get("identity"), identity)
         return Plan("fresh", out, note=f"an earlier run of {run_name} in {other.directory} had another config "
                                        f"({changes}): not resumed, training afresh")
@@ -170,6 +165,6 @@ def _continue(prev: Previous, out: Path) -> Plan:
 
 
 __all__ = [
-    "JOB_FILE", "NOT_IDENTITY", "Plan", "Previous", "config_changes", "find_previous", "job_identity", "job_key",
+    "JOB_FILE", "NOT_IDENTITY", "Plan", "Previous", "config_changes", "job_identity", "job_key",
     "latest_checkpoint", "plan_job", "read_status", "write_status",
 ]
