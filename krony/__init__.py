@@ -18,7 +18,7 @@ _EXPORTS = {
     "path_costs": "krony.kronecker",
     "GPT": "krony.model",
     "GPTConfig": "krony.config", "PRESETS": "krony.config",
-    "SCHEMES": "krony.schemes", "TABLE1": "krony.schemes", "Scheme": "krony.schemes", "get_scheme": "krony.schemes",
+    "NAMED": "krony.schemes", "SCHEMES": "krony.schemes", "TABLE1": "krony.schemes", "Scheme": "krony.schemes", "get_scheme": "krony.schemes",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

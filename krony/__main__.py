@@ -18,17 +18,17 @@ from krony.config import PRESETS, GPTConfig
 from krony.inits import INITS
 from krony.kronecker import path_costs
 from krony.model import GPT
-from krony.schemes import TABLE1, get_scheme
+from krony.schemes import NAMED, get_scheme
 
 
 def schemes_table() -> str:
-    """Markdown table of every Table-1 row: dims, parameter counts, cheapest path for `c_fc`."""
+    """Markdown table of every Table-1 row and `95m`: dims, parameter counts, cheapest path for `c_fc`."""
     rows = [
         "| scheme | A (c_fc) | B (c_fc) | params / matrix | model size | c_fc path | FLOPs vs dense |",
         "| --- | --- | --- | ---: | ---: | --- | ---: |",
     ]
     dense_size = model_size(None)
-    for s in TABLE1:
+    for s in NAMED:
         m2, n2 = s.b_dims_for("c_fc")
         costs = path_costs(*s.a_dims, m2, n2)
         best = min(costs, key=costs.get)

@@ -133,7 +133,7 @@ def hf_config_dict(model: GPT) -> dict[str, Any]:
         "n_layer": c.n_layer,
         "n_head": c.n_head,
         "n_inner": c.n_inner,
-        "activation_function": "gelu_new",
+        "activation_function": c.activation,
         "resid_pdrop": c.dropout,
         "embd_pdrop": c.dropout,
         "attn_pdrop": c.dropout,
@@ -172,9 +172,9 @@ def config_from_hf(d: dict[str, Any], **overrides: Any) -> GPTConfig:
     read from the file (default 0.0) and is set through `overrides`."""
     if d.get("model_type") not in ("gpt2", "krony_gpt2"):
         raise ValueError(f"config.json has model_type {d.get('model_type')!r}; only GPT-2 checkpoints are supported")
-    act = d.get("activation_function", "gelu_new")
-    if act not in ("gelu_new", "gelu_pytorch_tanh"):
-        raise ValueError(f"activation_function {act!r} is not supported; GPT-2 uses gelu_new")
+    act = {"gelu_pytorch_tanh": "gelu_new"}.get(d.get("activation_function", "gelu_new"), d.get("activation_function"))
+    if act not in ("gelu_new", "gelu"):
+        raise ValueError(f"activation_function {act!r} is not supported; GPT-2 uses gelu_new (krony also runs gelu)")
     base = dict(
         block_size=d["n_positions"],
         vocab_size=d["vocab_size"],
@@ -184,6 +184,7 @@ def config_from_hf(d: dict[str, Any], **overrides: Any) -> GPTConfig:
         n_inner=d.get("n_inner"),
         layer_norm_eps=d.get("layer_norm_epsilon", 1e-5),
         tie_embeddings=d.get("tie_word_embeddings", True),
+        activation=act,
     )
     return GPTConfig(**{**base, **overrides})
 
@@ -298,12 +299,16 @@ def load_model(name_or_path: str | os.PathLike, **overrides: Any) -> GPT:
 
 
 def save_model(model: GPT, directory: str | os.PathLike) -> Path:
-    """Write config.json + model.safetensors into `directory` (created); atomic per file."""
+    """Write config.json + model.safetensors into `directory` (created), atomic per file, and
+    GPT-2's tokenizer files (`krony.tokenizer.save_hf_tokenizer`)."""
     from safetensors.torch import save_file
+
+    from krony.tokenizer import save_hf_tokenizer
 
     out = Path(directory)
     atomic_write(out / "model.safetensors", lambda tmp: save_file(to_hf_state_dict(model), tmp, metadata={"format": "pt"}))
     write_text(out / "config.json", json.dumps(hf_config_dict(model), indent=2) + "\n")
+    save_hf_tokenizer(out)
     return out
 
 

@@ -17,6 +17,14 @@ SCHEDULES = ("constant", "cosine", "wsd")
 """Learning-rate schedules of `krony.train.optim`."""
 LAYER_SETS = ("all", "odd", "even")
 """Named sets of blocks to compress (besides a list of indices): odd is TQCompressedGPT2's choice."""
+ACTIVATIONS = ("gelu_new", "gelu")
+"""FFN activations by their HF names: gelu_new (tanh approximation, GPT-2's) | gelu (exact erf, the authors' nanoGPT fork)."""
+DECAY_PARTS = ("wte", "wpe", "scalars")
+"""Parameters `optim.decay_overrides` can give their own weight decay."""
+EVAL_PROTOCOLS = ("paper", "sliding", "harness")
+"""Evaluation protocols (`krony.evaluate`): krony's paper and sliding windows, lm-evaluation-harness."""
+EVAL_DATASETS = ("wikitext103", "wikitext2", "lambada")
+"""Datasets of the paper and sliding protocols (the harness takes lm-eval task names)."""
 DISTILGPT2_LAYERS = [0, 2, 4, 7, 9, 11]
 """Teacher blocks DistilGPT2 copies into its 6-block student."""
 
@@ -43,6 +51,8 @@ class GPTConfig:
     """LayerNorm epsilon (HF `layer_norm_epsilon`)."""
     tie_embeddings: bool = True
     """Share `wte` and `lm_head` weights, as GPT-2 does."""
+    activation: str = "gelu_new"
+    """FFN activation: gelu_new (tanh approximation, GPT-2's) | gelu (exact erf)."""
 
     def __post_init__(self) -> None:
         if self.n_embd % self.n_head:
@@ -52,6 +62,8 @@ class GPTConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
 
     @property
     def ffn_dim(self) -> int:
@@ -116,6 +128,8 @@ class ModelConfig:
     """torch.compile the student's forward."""
     untie_head: bool = False
     """Give the student its own lm_head (a copy of wte), as TQCompressedGPT2 and KnGPT-2 train."""
+    activation: str | None = None
+    """The student's FFN activation: gelu_new | gelu (exact erf, as the authors' code ran); None: the teacher's."""
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -146,9 +160,16 @@ class OptimConfig:
     """wsd: fraction of the total steps spent decaying at the end."""
     fused: bool | None = None
     """Fused AdamW kernel; None: on when training on CUDA."""
+    decay_overrides: dict[str, float] = field(default_factory=dict)
+    """Weight decay of named parameters instead of the default groups: wte, wpe, scalars
+    (the authors' code: {wte: 0.01, scalars: 0.01, wpe: 0.1})."""
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)
+        self.decay_overrides = {str(k): float(v) for k, v in dict(self.decay_overrides).items()}
+        unknown = sorted(set(self.decay_overrides) - set(DECAY_PARTS))
+        if unknown:
+            raise ValueError(f"optim.decay_overrides: unknown parts {unknown}; valid: {', '.join(DECAY_PARTS)}")
         if self.lr <= 0:
             raise ValueError(f"optim.lr must be > 0, got {self.lr}")
         if self.schedule not in SCHEDULES:

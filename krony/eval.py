@@ -1,12 +1,14 @@
-"""`python -m krony.eval model=... [datasets=...] [protocol=...] [data_dir=...]`: perplexity of a checkpoint.
+"""`python -m krony.eval model=... [protocol=...] [datasets=... | tasks=...] [data_dir=...]`: evaluate a model.
 
-    python -m krony.eval model=gpt2                                        # hub model, hub datasets
+    python -m krony.eval model=gpt2                                        # paper protocol, hub datasets
     python -m krony.eval model=logs/runs/81m-vanloan-r1/<time> data_dir=../shared/data
     python -m krony.eval model=distilgpt2 protocol=sliding stride=512 datasets=[wikitext2]
-    python -m krony.eval model=gpt2 protocol=lm-eval datasets=[wikitext2,lambada]
+    python -m krony.eval model=gpt2 protocol=harness tasks=[wikitext,lambada_openai,hellaswag]
+    python -m krony.eval model=<run dir> protocol=harness data_dir=../shared/data   # offline wikitext + lambada_openai
 
-Writes results.json (into the run directory when `model` is one, else the working directory,
-or `output=`) and prints a markdown row. `python -m krony.eval --help` lists the keys.
+Writes `eval-<protocol>.json` (into the run directory when `model` is one, else the working
+directory, or `output=`): the end-of-training `results.json` of a run is never overwritten.
+Prints a markdown row. `python -m krony.eval --help` lists the keys.
 """
 
 from __future__ import annotations
@@ -21,8 +23,12 @@ import torch
 from omegaconf import OmegaConf
 
 from krony.compression import count_params
-from krony.evaluate import DATASETS, PROTOCOLS, lambada_accuracy, lm_eval_wikitext, load_rows, score_windows, token_ids
+from krony.evaluate import DATASETS, PROTOCOLS, load_rows, score_windows, token_ids
+from krony.fileio import write_text
 from krony.model import GPT
+
+HARNESS_TASKS = ["wikitext", "lambada_openai"]
+"""Default lm-eval tasks of `protocol=harness` (the two that also run offline with data_dir)."""
 
 
 def resolve_model(name_or_path: str) -> tuple[GPT, Path | None]:
@@ -39,7 +45,7 @@ def resolve_model(name_or_path: str) -> tuple[GPT, Path | None]:
 
 def evaluate_model(
     model: GPT,
-    datasets: list[str],
+    datasets: list[str] | None = None,
     protocol: str = "paper",
     context: int = 1024,
     stride: int = 1024,
@@ -49,31 +55,41 @@ def evaluate_model(
     max_tokens: int | None = None,
     max_examples: int | None = None,
     progress: bool = True,
+    tasks: list[str] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """{dataset: metrics} under `protocol` (see `krony.evaluate`)."""
+    """{dataset or task: metrics, with "source"} under `protocol` (see `krony.evaluate`).
+
+    paper / sliding score `datasets` (perplexity, windows, tokens, rows); harness runs the lm-eval
+    `tasks` (`krony.harness.evaluate`; `max_examples` is its `limit`)."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; valid choices: {', '.join(PROTOCOLS)}")
+    if protocol == "harness":
+        try:
+            from krony.harness import evaluate as harness_evaluate
+        except ModuleNotFoundError as e:
+            raise ValueError(f"protocol=harness needs lm-evaluation-harness ({e}): pip install -e '.[eval]'") from None
+
+        return harness_evaluate(model, tasks or HARNESS_TASKS, data_dir, batch_size, max_examples, progress=progress)
+    datasets = list(DATASETS) if datasets is None else datasets
     bad = [d for d in datasets if d not in DATASETS]
     if bad:
-        raise ValueError(f"unknown datasets {bad}; valid choices: {', '.join(DATASETS)}")
+        raise ValueError(f"unknown datasets {bad}; valid choices: {', '.join(DATASETS)} (lm-eval tasks need protocol=harness)")
     context = min(context, model.config.block_size)
     out: dict[str, dict[str, Any]] = {}
     for name in datasets:
-        rows = load_rows(name, split, data_dir, raw=protocol == "lm-eval")
-        passages = rows[:max_examples] if name == "lambada" and max_examples else rows
-        if protocol == "lm-eval":
-            if name == "lambada":
-                out[name] = lambada_accuracy(model, passages, batch_size, progress=progress)
-            else:
-                out[name] = lm_eval_wikitext(model, rows, context, batch_size, progress=progress, max_documents=max_examples)
-            continue
-        ids = token_ids(rows)[:max_tokens] if max_tokens else token_ids(rows)
+        loaded = load_rows(name, split, data_dir)
+        ids = token_ids(loaded.rows)
+        ids = ids[:max_tokens] if max_tokens else ids
         res = score_windows(model, ids, context, stride if protocol == "sliding" else context, batch_size, progress=progress)
         ppl = res.paper_ppl if protocol == "paper" else res.token_ppl
-        out[name] = {"ppl": ppl, "tokens": len(ids), "windows": res.windows, "scored_tokens": res.tokens}
-        if name == "lambada":
-            out[name].update({f"last_word_{k}": v for k, v in lambada_accuracy(model, passages, batch_size, progress=progress).items()})
+        out[name] = {"ppl": ppl, "tokens": len(ids), "scored_tokens": res.tokens, "windows": res.windows,
+                     "rows": len(loaded.rows), "source": loaded.source}
     return out
+
+
+def record(model: GPT, name: str, protocol: str, results: dict[str, dict[str, Any]], **settings: Any) -> dict[str, Any]:
+    """What results files hold: the model, its size, the protocol and its settings, the results."""
+    return {"model": name, "params": count_params(model), "protocol": protocol, **settings, "results": results}
 
 
 def markdown_row(model_name: str, params: int, results: dict[str, dict[str, Any]]) -> str:
@@ -83,9 +99,12 @@ def markdown_row(model_name: str, params: int, results: dict[str, dict[str, Any]
             cells.append(f"{name} ppl {r['ppl']:.2f}")
         if "word_perplexity" in r:
             cells.append(f"{name} word ppl {r['word_perplexity']:.2f}, bpb {r['bits_per_byte']:.4f}")
-        for k in ("acc", "last_word_acc"):
+        if "perplexity" in r:
+            cells.append(f"{name} ppl {r['perplexity']:.2f}")
+        for k in ("acc_norm", "acc"):
             if k in r:
-                cells.append(f"{name} acc {r[k]:.2%}")
+                cells.append(f"{name} {k} {r[k]:.2%}")
+                break
     return "| " + " | ".join(cells) + " |"
 
 
@@ -95,28 +114,30 @@ class EvalConfig:
 
     model: str = "gpt2"
     """Hub name, model directory, weights file, or a run directory (its export/ is loaded)."""
-    datasets: list[str] = field(default_factory=lambda: list(DATASETS))
-    """Any of wikitext103, wikitext2, lambada."""
     protocol: str = "paper"
-    """paper | sliding | lm-eval."""
+    """paper | sliding (krony's windows over `datasets`) | harness (lm-evaluation-harness over `tasks`)."""
+    datasets: list[str] = field(default_factory=lambda: list(DATASETS))
+    """paper / sliding: any of wikitext103, wikitext2, lambada (the original LAMBADA)."""
+    tasks: list[str] = field(default_factory=lambda: list(HARNESS_TASKS))
+    """harness: lm-eval task names (wikitext, lambada_openai, hellaswag, ...)."""
     context: int = 1024
-    """Window length in tokens (capped at the model's block size)."""
+    """paper / sliding: window length in tokens (capped at the model's block size)."""
     stride: int = 512
     """Sliding protocol: tokens between windows."""
     split: str = "test"
-    """test | valid (wikitext); LAMBADA has test only."""
+    """paper / sliding: test | valid (wikitext); LAMBADA has test only."""
     data_dir: str | None = None
-    """Local files in the layout of shared/data; None: the Hugging Face hub."""
+    """Local files in the layout of krony's evaluation data (README); None: the Hugging Face hub."""
     batch_size: int = 8
-    """Windows per forward pass."""
+    """Windows (or lm-eval requests) per forward pass."""
     device: str = "auto"
     """auto (cuda if available) | cpu | cuda."""
     max_tokens: int | None = None
-    """paper/sliding: score only the first N tokens (quick checks); None: all."""
+    """paper / sliding: score only the first N tokens (quick checks); None: all."""
     max_examples: int | None = None
-    """LAMBADA accuracy and lm-eval: only the first N passages / articles (quick checks); None: all."""
+    """harness: only the first N documents of each task (lm-eval's limit); None: all."""
     output: str | None = None
-    """results.json path; None: <run dir>/results.json for a run directory, else ./results.json."""
+    """Results path; None: eval-<protocol>.json in the run directory for a run directory, else in ./."""
 
 
 def parse_args(argv: list[str]) -> EvalConfig:
@@ -137,23 +158,23 @@ def parse_args(argv: list[str]) -> EvalConfig:
 
 
 def run(cfg: EvalConfig) -> dict[str, Any]:
-    """Evaluate, write results.json, print a markdown row; returns the record."""
+    """Evaluate, write eval-<protocol>.json, print a markdown row; returns the record."""
     device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     model, run_dir = resolve_model(cfg.model)
     model.to(device)
     results = evaluate_model(model, list(cfg.datasets), cfg.protocol, cfg.context, cfg.stride, cfg.split,
-                             cfg.data_dir, cfg.batch_size, cfg.max_tokens, cfg.max_examples)
-    params = count_params(model)
-    record = {"model": cfg.model, "params": params, "protocol": cfg.protocol, "context": min(cfg.context, model.config.block_size),
-              "stride": cfg.stride if cfg.protocol == "sliding" else cfg.context, "split": cfg.split,
-              "source": cfg.data_dir or "hub", "max_tokens": cfg.max_tokens, "max_examples": cfg.max_examples,
-              "results": results}
-    output = Path(cfg.output) if cfg.output else (run_dir or Path(".")) / "results.json"
+                             cfg.data_dir, cfg.batch_size, cfg.max_tokens, cfg.max_examples, tasks=list(cfg.tasks))
+    settings: dict[str, Any] = {"max_examples": cfg.max_examples}
+    if cfg.protocol != "harness":
+        settings.update(context=min(cfg.context, model.config.block_size), split=cfg.split, max_tokens=cfg.max_tokens,
+                        stride=cfg.stride if cfg.protocol == "sliding" else cfg.context)
+    rec = record(model, cfg.model, cfg.protocol, results, **settings)
+    output = Path(cfg.output) if cfg.output else (run_dir or Path(".")) / f"eval-{cfg.protocol}.json"
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(record, indent=2) + "\n")
-    print(markdown_row(cfg.model, params, results))
+    write_text(output, json.dumps(rec, indent=2) + "\n")
+    print(markdown_row(cfg.model, rec["params"], results))
     print(f"results: {output}")
-    return record
+    return rec
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -49,23 +49,44 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    """c_fc -> GELU (tanh, GPT-2's "gelu_new") -> c_proj; either may be a `KroneckerLinear`."""
+    """c_fc -> GELU -> c_proj; either may be a `KroneckerLinear`. The GELU is GPT-2's "gelu_new"
+    (tanh approximation) or, with `config.activation="gelu"`, the exact erf form."""
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.c_fc: nn.Module = nn.Linear(config.n_embd, config.ffn_dim)
         self.c_proj: nn.Module = nn.Linear(config.ffn_dim, config.n_embd)
         self.dropout = nn.Dropout(config.dropout)
+        self.act = ACTIVATIONS[config.activation]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if fusable(self.c_fc, self.c_proj):  # Kronecker pair: hidden state stays in factored layout
-            return self.dropout(kron_ffn(x, self.c_fc, self.c_proj, gelu))
-        return self.dropout(self.c_proj(gelu(self.c_fc(x))))
+            return self.dropout(kron_ffn(x, self.c_fc, self.c_proj, self.act))
+        return self.dropout(self.c_proj(self.act(self.c_fc(x))))
 
 
 def gelu(x: torch.Tensor) -> torch.Tensor:
     """GPT-2's "gelu_new": GELU with the tanh approximation."""
     return F.gelu(x, approximate="tanh")
+
+
+def gelu_exact(x: torch.Tensor) -> torch.Tensor:
+    """GELU with the exact erf (`nn.GELU()`'s default, what the authors' nanoGPT fork ran)."""
+    return F.gelu(x)
+
+
+ACTIVATIONS = {"gelu_new": gelu, "gelu": gelu_exact}
+"""FFN activations by their HF `activation_function` names (`krony.config.ACTIVATIONS`)."""
+
+
+def set_activation(model: "GPT", name: str) -> None:
+    """Switch every FFN of `model` to the activation `name` ("gelu_new" | "gelu"), in place."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {name!r}")
+    model.config.activation = name
+    for m in model.modules():
+        if isinstance(m, MLP):
+            m.act = ACTIVATIONS[name]
 
 
 class Block(nn.Module):

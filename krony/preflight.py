@@ -86,15 +86,14 @@ def check_stream(data: dict[str, Any]) -> None:
 def check_eval_data(callbacks: dict[str, Any]) -> None:
     """Warn (once, at the start) when the evaluation after training will have no data."""
     spec = callbacks.get("eval") or {}
-    if not spec.get("datasets") or spec.get("data_dir"):
-        return
+    if spec.get("protocol") == "harness" or not spec.get("datasets") or spec.get("data_dir"):
+        return  # lm-eval's tasks find their data themselves
     from krony import hub
     from krony.evaluate import HUB
 
     if hub.use_hub():
         return
-    form = "raw" if spec.get("protocol") == "lm-eval" else "tokens"
-    repos = {HUB[(d, form)][0] for d in spec["datasets"] if (d, form) in HUB}
+    repos = {HUB[d][0] for d in spec["datasets"] if d in HUB}
     missing = sorted(r for r in repos if hub.cached_dataset(r) is None)
     if missing:
         log.warning("the evaluation after training will be skipped: %s and %s is not cached; set "

@@ -2,8 +2,10 @@
 
 Reads every run directory below the given paths (a directory with a TensorBoard event file):
 its `summary.json` (hparams and final metrics, written at the end of training), its curves from
-the event file, and `results.json` from `python -m krony.eval` or the end-of-training
-evaluation. Writes `report.md`, `loss_vs_tokens.png` and `ppl_vs_params.png`.
+the event file, and `results.json` (the end-of-training evaluation) or else the newest
+`eval-paper.json` from `python -m krony.eval`. A sweep started again leaves `skipped.txt` or
+`resumed.txt` where a job ran elsewhere: the report follows them to that directory. Writes
+`report.md`, `loss_vs_tokens.png` and `ppl_vs_params.png`.
 """
 
 from __future__ import annotations
@@ -41,14 +43,35 @@ class Run:
     eval: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
+POINTERS = {"skipped.txt": "finished earlier in ", "resumed.txt": "continued in "}
+"""Files `python -m krony.run` leaves in a job directory whose run lives elsewhere, and their prefix."""
+
+
+def follow_pointer(path: Path) -> Path | None:
+    """The directory a skipped.txt / resumed.txt points to, or None."""
+    prefix = POINTERS.get(path.name)
+    first = path.read_text().splitlines()[0] if prefix and path.read_text().strip() else ""
+    if not first.startswith(prefix or "\0"):
+        return None
+    target = first[len(prefix):]
+    if path.name == "resumed.txt":
+        target = target.rsplit(" from ", 1)[0]
+    return Path(target)
+
+
 def find_runs(paths: Sequence[str | Path]) -> list[Path]:
-    """Run directories (holding a TensorBoard event file) at or below `paths`, sorted."""
+    """Run directories (holding a TensorBoard event file) at or below `paths`, and those the
+    skip / resume pointers below them lead to, sorted."""
     found = set()
     for p in map(Path, paths):
         if not p.exists():
             raise ValueError(f"no such directory: {p}")
         for ev in p.rglob("events.out.tfevents.*"):
-            found.add(ev.parent)
+            found.add(ev.parent.resolve())
+        for pointer in [*p.rglob("skipped.txt"), *p.rglob("resumed.txt")]:
+            target = follow_pointer(pointer)
+            if target is not None and target.is_dir() and any(target.glob("events.out.tfevents.*")):
+                found.add(target.resolve())
     if not found:
         raise ValueError(f"no run directories (with TensorBoard event files) under {', '.join(map(str, paths))}")
     return sorted(found)
@@ -60,7 +83,7 @@ def load_run(path: Path) -> Run:
 
     summary = json.loads((path / "summary.json").read_text()) if (path / "summary.json").exists() else {}
     # sweeps: sweeps/<time>/<run name>; single runs: runs/<run name>/<time>
-    name = path.parent.name if path.name[:4].isdigit() else path.name
+    name = summary.get("run_name") or (path.parent.name if path.name[:4].isdigit() else path.name)
     run = Run(path, name, summary.get("hparams", {}), summary.get("metrics", {}))
     ea = EventAccumulator(str(next(path.glob("events.out.tfevents.*"))), size_guidance={"scalars": 0})
     ea.Reload()
@@ -72,8 +95,9 @@ def load_run(path: Path) -> Run:
     for tag in tags:
         if tag.startswith(("model/", "hp/")) and tag not in run.metrics:
             run.metrics[tag] = ea.Scalars(tag)[-1].value
-    if (path / "results.json").exists():
-        run.eval = json.loads((path / "results.json").read_text()).get("results", {})
+    results = path / "results.json" if (path / "results.json").exists() else path / "eval-paper.json"
+    if results.exists():
+        run.eval = json.loads(results.read_text()).get("results", {})
     return run
 
 
@@ -111,32 +135,53 @@ def table(runs: list[Run]) -> str:
     return "\n".join(lines)
 
 
+MARKERS = "os^vD<>pPX*h"
+
+
+def _style(i: int) -> dict[str, Any]:
+    """A distinct colour and marker per run, so runs are told apart by the legend, not by labels."""
+    import matplotlib.pyplot as plt
+
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    return {"color": colors[i % len(colors)], "marker": MARKERS[(i // len(colors)) % len(MARKERS)]}
+
+
+def _legend_outside(fig, ax, note: str = "") -> None:
+    """Legend to the right of the axes (it never covers a point or a curve), and a note below."""
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, frameon=False)
+    if note:
+        fig.text(0.01, 0.01, note, fontsize=7, va="bottom", ha="left", wrap=True)
+    fig.tight_layout(rect=(0, 0.06 if note else 0, 1, 1))
+
+
 def plot_loss(runs: list[Run], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for r in runs:
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    for i, r in enumerate(runs):
+        style = _style(i)
         if "train/loss" in r.curves:
             xs, ys = zip(*r.curves["train/loss"])
-            line, = ax.plot(xs, ys, label=f"{r.name} train", alpha=0.8)
-            if "val/loss" in r.curves:
-                vx, vy = zip(*r.curves["val/loss"])
-                ax.plot(vx, vy, "o--", color=line.get_color(), label=f"{r.name} val")
+            ax.plot(xs, ys, color=style["color"], alpha=0.8, label=f"{r.name} train")
+        if "val/loss" in r.curves:
+            vx, vy = zip(*r.curves["val/loss"])
+            ax.plot(vx, vy, "--", marker=style["marker"], color=style["color"], label=f"{r.name} val")
     ax.set_xlabel("tokens seen")
     ax.set_ylabel("loss (nats/token)")
     ax.set_title("loss against tokens")
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
+    _legend_outside(fig, ax)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
 def plot_ppl(runs: list[Run], path: Path, dataset: str | None = None) -> str:
     """Perplexity against parameters: evaluation ppl on `dataset` when the runs have it (with the
-    published points), else best validation ppl. Returns what was plotted."""
+    published points), else best validation ppl. One legend entry per run (no labels on the
+    points, so none overlap); runs with nothing to plot are named under the plot. Returns what
+    was plotted."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -144,23 +189,24 @@ def plot_ppl(runs: list[Run], path: Path, dataset: str | None = None) -> str:
 
     evals = [d for d in ("wikitext103", "wikitext2", "lambada") if any(d in r.eval for r in runs)]
     dataset = dataset or (evals[0] if evals else None)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for r in runs:
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    missing = []
+    for i, r in enumerate(runs):
         n = r.metrics.get("model/params")
         y = r.eval.get(dataset, {}).get("ppl") if dataset else r.metrics.get("hp/best_val_ppl")
         if n and y:
-            ax.scatter(n / 1e6, y, marker="o")
-            ax.annotate(r.name, (n / 1e6, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            ax.scatter(n / 1e6, y, label=r.name, **_style(i))
+        else:
+            missing.append(r.name)
     what = f"{dataset} perplexity (paper protocol)" if dataset else "best validation perplexity"
     if dataset:
-        for p in PUBLISHED:
-            ax.scatter(p["params"] / 1e6, p[dataset], marker="x", color="black")
-            ax.annotate(p["model"], (p["params"] / 1e6, p[dataset]), fontsize=7, xytext=(3, -9), textcoords="offset points")
+        for j, p in enumerate(PUBLISHED):
+            ax.scatter(p["params"] / 1e6, p[dataset], marker="x", color=f"{0.15 * j:.2f}", label=f"{p['model']} (published)")
     ax.set_xlabel("parameters (millions, Table-1 convention)")
     ax.set_ylabel(what)
     ax.set_yscale("log")
     ax.set_title("perplexity against parameters")
-    fig.tight_layout()
+    _legend_outside(fig, ax, f"not shown, no {'evaluation on ' + dataset if dataset else 'validation'}: {', '.join(missing)}" if missing else "")
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return what
@@ -173,7 +219,9 @@ def write_report(paths: Sequence[str | Path], out: str | Path | None = None) -> 
     out.mkdir(parents=True, exist_ok=True)
     plot_loss(runs, out / "loss_vs_tokens.png")
     what = plot_ppl(runs, out / "ppl_vs_params.png")
-    text = (f"# Report: {len(runs)} runs\n\n{table(runs)}\n\n"
+    no_eval = [r.name for r in runs if not r.eval]
+    note = f"Runs without an evaluation (no results.json or eval-paper.json): {', '.join(no_eval)}\n\n" if no_eval else ""
+    text = (f"# Report: {len(runs)} runs\n\n{table(runs)}\n\n{note}"
             f"![loss against tokens](loss_vs_tokens.png)\n\n![{what} against parameters](ppl_vs_params.png)\n")
     (out / "report.md").write_text(text)
     return out

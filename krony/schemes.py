@@ -89,12 +89,20 @@ _TABLE: list[tuple[tuple[int, int], str]] = [
     ((3072, 768), "gpt2"),
 ]
 
+# Not in Table 1: the paper's section 3.2 writes its 95M model as c_fc (3072, 768) =
+# A (3072, 384) kron B (1, 2), c_proj = (384, 3072) kron (2, 1); the same parameter count as
+# 96m (1536, 768) kron (2, 1), a different model (B splits the input, not the output).
+_SECTION_3_2: list[tuple[tuple[int, int], str]] = [((3072, 384), "95m")]
+
 TABLE1: tuple[Scheme, ...] = tuple(Scheme(dims, name) for dims, name in _TABLE)
 """Every row of Table 1, in the paper's order."""
 
+NAMED: tuple[Scheme, ...] = TABLE1 + tuple(Scheme(dims, name) for dims, name in _SECTION_3_2)
+"""Table 1 and the schemes the paper's text names outside it (`95m`)."""
+
 SCHEMES: dict[str, Scheme] = {}
-"""Every Table-1 row by name ("81m") and by A dims ("768x768"); named rows appear under both."""
-for _s in TABLE1:
+"""Every scheme of `NAMED` by name ("81m") and by A dims ("768x768"); named rows appear under both."""
+for _s in NAMED:
     if _s.name:
         SCHEMES[_s.name] = _s
     SCHEMES[dims_key(_s.a_dims)] = _s
@@ -119,11 +127,11 @@ def get_scheme(scheme: str | Scheme | tuple[int, int] | list[int]) -> Scheme:
     parts = key.split("x")
     if len(parts) == 2 and all(p.isdigit() and int(p) > 0 for p in parts):
         return Scheme((int(parts[0]), int(parts[1])))
-    names = [s.name for s in TABLE1 if s.name]
+    names = [s.name for s in NAMED if s.name]
     raise ValueError(
         f"unknown scheme {scheme!r}; valid names: {', '.join(names)}; "
         f"or A dims of c_fc as 'm1xn1' (Table 1 rows: {', '.join(dims_key(s.a_dims) for s in TABLE1)})"
     )
 
 
-__all__ = ["SCHEMES", "TABLE1", "Scheme", "check_dims", "dims_key", "get_scheme"]
+__all__ = ["NAMED", "SCHEMES", "TABLE1", "Scheme", "check_dims", "dims_key", "get_scheme"]

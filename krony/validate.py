@@ -18,7 +18,17 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
-from krony.config import INIT_METHODS, KINDS, LAYER_SETS, SCHEDULES, FreezeConfig, GPTConfig, ModelConfig
+from krony.config import (
+    EVAL_DATASETS,
+    EVAL_PROTOCOLS,
+    INIT_METHODS,
+    KINDS,
+    LAYER_SETS,
+    SCHEDULES,
+    FreezeConfig,
+    GPTConfig,
+    ModelConfig,
+)
 from krony.hub import WEIGHT_FILES, looks_like_path
 
 log = logging.getLogger("krony.validate")
@@ -207,6 +217,25 @@ def _check_data(data: dict[str, Any]) -> None:
             raise ConfigError("data.source.data_files", source.get("data_files"), str(e).split(": ", 1)[-1]) from None
 
 
+def _check_eval(callbacks: dict[str, Any]) -> None:
+    """The evaluation after training: a known protocol, its datasets, and lm-eval installed for the harness."""
+    spec = callbacks.get("eval") or {}
+    protocol = spec.get("protocol", "paper")
+    if protocol not in EVAL_PROTOCOLS:
+        raise ConfigError("callbacks.eval.protocol", protocol, f"valid choices: {', '.join(EVAL_PROTOCOLS)}")
+    if protocol == "harness":
+        import importlib.util
+
+        if spec.get("tasks") and importlib.util.find_spec("lm_eval") is None:
+            raise ConfigError("callbacks.eval.protocol", protocol, "lm-evaluation-harness is not installed: "
+                              "pip install -e '.[eval]' (or callbacks.eval.protocol=paper)")
+        return
+    bad = [d for d in spec.get("datasets") or [] if d not in EVAL_DATASETS]
+    if bad:
+        raise ConfigError("callbacks.eval.datasets", bad, f"valid choices: {', '.join(EVAL_DATASETS)} "
+                          "(lm-eval tasks go in callbacks.eval.tasks with callbacks.eval.protocol=harness)")
+
+
 def _check_ckpt(ckpt_path: str | None) -> None:
     if ckpt_path and not Path(str(ckpt_path)).expanduser().is_file():
         raise ConfigError("ckpt_path", ckpt_path, "no such checkpoint file; give a .ckpt from a run's "
@@ -236,11 +265,12 @@ CHECKS: list[Callable[[dict[str, Any]], None]] = [
     lambda s: _check_trainer(s["trainer"], s["optim"]),
     lambda s: _check_freeze(s["freeze"], s["model"]),
     lambda s: _check_data(s["data"]),
+    lambda s: _check_eval(s["callbacks"]),
 ]
 
 
 def problems(cfg: DictConfig) -> list[ConfigError]:
-    """Every check's first problem (one per area: checkpoint, model, optim, trainer, freeze, data)."""
+    """Every check's first problem (one per area: checkpoint, model, optim, trainer, freeze, data, evaluation)."""
     parts = sections(cfg)
     found = []
     for check in CHECKS:

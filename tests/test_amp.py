@@ -6,7 +6,7 @@ import torch
 
 from krony import GPT, GPTConfig, KroneckerLinear, compress, kronecker_layers
 from krony.kronecker import PATHS
-from krony.schemes import TABLE1
+from krony.schemes import NAMED
 
 # GPT-2 small width (d=768, FFN 3072), one block; a small vocabulary keeps the head cheap
 GPT2_BLOCK = GPTConfig(n_layer=1, vocab_size=512, block_size=64)
@@ -55,7 +55,7 @@ def compressed_block(scheme, factors: int = 1, scalars: bool = False, config: GP
     return model
 
 
-SCHEME_CASES = [(s.key, 1, False) for s in TABLE1 if s.key != "gpt2"] + [("mf2", 4, True)]
+SCHEME_CASES = [(s.key, 1, False) for s in NAMED if s.key != "gpt2"] + [("mf2", 4, True)]
 
 
 @pytest.mark.parametrize("scheme,factors,scalars", SCHEME_CASES, ids=[f"{s}-r{r}{'-s' if sc else ''}" for s, r, sc in SCHEME_CASES])

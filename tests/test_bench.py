@@ -1,4 +1,4 @@
-"""The benchmarks run and report what they claim: python -m krony.bench layer|model|data on tiny sizes."""
+"""The benchmarks run and report what they claim: python -m krony.bench layer|model|data|compress on small sizes."""
 
 import copy
 import json
@@ -60,6 +60,15 @@ def test_data_bench_stream_and_memmap(tmp_path):
     rows = bench_data(workers=[0], block_size=256, seconds=0.3)
     assert [r["source"] for r in rows] == ["stream", "memmap"]
     assert all(r["tokens_per_sec"] > 0 for r in rows)
+
+
+def test_compress_bench_times_vanloan_against_the_full_svd(tmp_path, capsys):
+    out = tmp_path / "compress.json"
+    assert main(["compress", "--schemes", "81m", "--out", str(out)]) == 0
+    assert "| 81m | 1 | exact |" in capsys.readouterr().out
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["compress_s"] > 0 and row["full_svd_s"] > 0 and row["speedup"] == pytest.approx(row["full_svd_s"] / row["compress_s"])
+    assert row["per_matrix_ms"] == pytest.approx(1000 * row["compress_s"] / 24)
 
 
 def test_markdown_skips_absent_columns_and_shows_none_as_dash():

@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 from omegaconf import open_dict
 
 import krony.run  # noqa: F401  (registers the resolvers)
-from krony import TABLE1, get_scheme, model_size
+from krony import NAMED, get_scheme, model_size
 from krony.run import CONF_DIR, build_module
 
 GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name != "hydra")
@@ -53,7 +53,7 @@ def test_every_group_has_options():
 
 
 def test_decomp_group_mirrors_the_scheme_table(tmp_path):
-    assert set(options("decomp")) == {s.key for s in TABLE1} | {"custom"}
+    assert set(options("decomp")) == {s.key for s in NAMED} | {"custom"}
     for key in options("decomp"):
         if key == "custom":
             continue
@@ -63,7 +63,7 @@ def test_decomp_group_mirrors_the_scheme_table(tmp_path):
     assert model_size(make_cfg(tmp_path, ["decomp=custom", "decomp.name=32x16"]).model.scheme) > 0
 
 
-@pytest.mark.parametrize("group", ["init", "freeze", "distill", "model", "optim"])
+@pytest.mark.parametrize("group", ["init", "freeze", "distill", "model", "optim", "code"])
 def test_module_builds_for_every_option(tmp_path, group):
     for option in options(group):
         cfg = make_cfg(tmp_path, [f"{group}={option}", *EXTRA.get((group, option), [])])
@@ -86,6 +86,26 @@ def test_experiments_compose(tmp_path):
     for option in options("experiment"):
         cfg = make_cfg(tmp_path, [f"experiment={option}"])
         assert cfg.trainer.max_steps > 0
+
+
+def test_paper_96m_sweeps_the_papers_three_jobs(tmp_path):
+    cfg = make_cfg(tmp_path, ["experiment=paper_96m"])
+    assert cfg.run_name == "95m-prune-r1"  # without -m: the paper's 96M-prune row
+    jobs = cfg.hydra.sweeper.params["+paper96"].split(",")
+    names = [make_cfg(tmp_path, ["experiment=paper_96m", f"+paper96={j}"]).run_name for j in jobs]
+    assert names == ["95m-prune-r1", "95m-vanloan-r1", "96m-vanloan-r1"]
+
+
+def test_code_authors_gathers_the_authors_choices(tmp_path):
+    cfg = make_cfg(tmp_path, ["code=authors"])
+    assert cfg.run_name == "81m-vanloan-r1-authors" and cfg.init.options.svd == "lowrank"
+    module = build_module(cfg)
+    from krony.train.optim import build_optimizer
+
+    assert module.student.config.activation == "gelu"
+    opt, _ = build_optimizer(module.student, module.optim_cfg, total_steps=10)
+    assert {g["weight_decay"] for g in opt.param_groups} == {0.0, 0.01, 0.1}
+    assert make_cfg(tmp_path, ["code=authors", "init=prune"]).init.method == "prune"  # the command line wins
 
 
 def test_slurm_launcher_composes(tmp_path):

@@ -43,6 +43,26 @@ def test_against_hf_krony_to_hf(tiny_model, tokens, tmp_path):
 
 
 @torch.no_grad()
+def test_exact_gelu_matches_hfs_gelu_and_round_trips(tiny_model, tokens, tmp_path):
+    """activation="gelu" (the authors' nn.GELU()) is HF's activation_function "gelu"."""
+    from krony.model import set_activation
+
+    tanh_logits = tiny_model(tokens)[0]
+    set_activation(tiny_model, "gelu")
+    erf_logits = tiny_model(tokens)[0]
+    assert not torch.allclose(tanh_logits, erf_logits, atol=1e-6)
+    tiny_model.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["activation_function"] == "gelu"
+    hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path).eval()
+    torch.testing.assert_close(hf(tokens).logits, erf_logits, atol=1e-5, rtol=1e-5)
+    reloaded = GPT.from_pretrained(tmp_path).eval()
+    assert reloaded.config.activation == "gelu"
+    torch.testing.assert_close(reloaded(tokens)[0], erf_logits)
+    with pytest.raises(ValueError, match="activation must be one of gelu_new, gelu"):
+        GPTConfig(activation="relu")
+
+
+@torch.no_grad()
 def test_against_hf_loss(tiny_config, tokens):
     hf = hf_model(tiny_config)
     model = GPT(tiny_config).eval()

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import metadata as hp_metadata
 
 from krony import GPT, kronecker_layers
 
@@ -52,6 +53,9 @@ def test_smoke_sweep_six_jobs(smoke_sweep):
             assert tag in tags, (name, tag)
         assert len(ea.Scalars("train/loss")) == 4
         assert "_hparams_/session_start_info" in ea.summary_metadata  # the HParams tab entry
+        ssi = hp_metadata.parse_session_start_info_plugin_data(ea.summary_metadata["_hparams_/session_start_info"].plugin_data.content)
+        assert ssi.hparams["0_run"].string_value == name  # the run name, then scheme, init, factors, scalars
+        assert sorted(k for k in ssi.hparams if k[0].isdigit()) == ["0_run", "1_scheme", "2_init", "3_factors", "4_scalars"]
         # the smoke policy: one training checkpoint (step 4, last.ckpt links it) and the export; under 1 GB a job
         assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.ckpt", "step00000004.ckpt"]
         written = sum(p.lstat().st_size for p in run.rglob("*") if p.is_file() or p.is_symlink())
@@ -73,8 +77,20 @@ def test_report_of_the_sweep(smoke_sweep, tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     report = (tmp_path / "report.md").read_text()
     assert report.count("-r1 |") == 6 and "| 81m-prune-r1 | 81m | prune | 1 | False | 46,483,216 |" in report
+    assert "Runs without an evaluation (no results.json or eval-paper.json): 67m-prune-r1," in report  # smoke: no eval
     for png in ("loss_vs_tokens.png", "ppl_vs_params.png"):
         assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
+    # the same sweep started again: every job is skipped, and the report of the new sweep
+    # directory follows the skipped.txt pointers to the runs
+    again = tmp_path / "again"
+    rerun = krony_run(["-m", "decomp=67m,81m,96m", "init=vanloan,prune", "experiment=smoke", f"hydra.sweep.dir={again}"],
+                      smoke_sweep)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert len(list(again.rglob("skipped.txt"))) == 6 and not list(again.rglob("events.out.tfevents.*"))
+    out = subprocess.run([sys.executable, "-m", "krony.report", str(again), "--out", str(tmp_path / "r2")], env=ENV,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert (tmp_path / "r2" / "report.md").read_text().count("-r1 |") == 6
 
 
 @pytest.mark.slow
@@ -111,13 +127,20 @@ def test_offline_teacher_says_how_to_fix(tmp_path):
     assert "model.teacher='gpt2'" in out.stderr and "experiment=smoke" in out.stderr and "local copy" in out.stderr
 
 
-def test_validate_only_baseline(tmp_path):
-    out = krony_run(["model=distilgpt2_pretrained", "experiment=smoke"], tmp_path)
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.mark.skipif(not DATA.exists(), reason="../shared/data is not present")
+def test_validate_only_baseline_is_evaluated(tmp_path):
+    out = krony_run(["model=distilgpt2_pretrained", "experiment=smoke", "callbacks.eval.datasets=[wikitext2]",
+                     f"callbacks.eval.data_dir={DATA}", "callbacks.eval.max_tokens=600"], tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     run = next((tmp_path / "logs" / "runs" / "distilgpt2-pretrained").iterdir())
     ea = events(run)
     assert "val/loss" in ea.Tags()["scalars"] and "_hparams_/session_start_info" in ea.summary_metadata
     assert not (run / "checkpoints").exists()  # nothing trained, nothing saved
+    results = json.loads((run / "results.json").read_text())
+    assert results["results"]["wikitext2"]["tokens"] == 600 and results["results"]["wikitext2"]["ppl"] > 1
 
 
 DDP_SCRIPT = textwrap.dedent('''
@@ -204,8 +227,23 @@ def test_evaluation_after_training_is_logged(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     run = next((tmp_path / "logs" / "runs" / "81m-vanloan-r1").iterdir())
     tags = events(run).Tags()["scalars"]
-    assert {"eval/wikitext2/ppl", "eval/lambada/ppl", "eval/lambada/last_word_acc"} <= set(tags)
-    assert json.loads((run / "results.json").read_text())["results"]["wikitext2"]["tokens"] == 1024
+    assert {"eval/wikitext2/ppl", "eval/lambada/ppl", "eval/lambada/scored_tokens"} <= set(tags)
+    results = json.loads((run / "results.json").read_text())["results"]
+    assert results["wikitext2"]["tokens"] == 1024 and results["lambada"]["source"]["path"].endswith("lambada_test_plain_text.txt")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not DATA.exists(), reason="../shared/data is not present")
+def test_harness_evaluation_after_training(tmp_path):
+    pytest.importorskip("lm_eval")
+    out = krony_run(["experiment=smoke", "trainer.max_steps=1", "trainer.val_check_interval=1", "trainer.limit_val_batches=1",
+                     "callbacks.eval.protocol=harness", f"callbacks.eval.data_dir={DATA}", "callbacks.eval.max_examples=2"],
+                    tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    run = next((tmp_path / "logs" / "runs" / "81m-vanloan-r1").iterdir())
+    assert {"eval/wikitext/word_perplexity", "eval/lambada_openai/acc"} <= set(events(run).Tags()["scalars"])
+    record = json.loads((run / "results.json").read_text())
+    assert record["protocol"] == "harness" and record["results"]["wikitext"]["documents"] == 2
 
 
 @pytest.mark.slow

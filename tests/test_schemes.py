@@ -28,9 +28,10 @@ TABLE = [
     ("96m", 1_179_650, 96_128_304),
     ("gpt2", 2_359_297, 124_439_832),
 ]
+SECTION_3_2 = [("95m", 1_179_650, 96_128_304)]  # the paper's 95M model: A (3072, 384), B (1, 2)
 
 
-@pytest.mark.parametrize("key,per_matrix,size", TABLE)
+@pytest.mark.parametrize("key,per_matrix,size", TABLE + SECTION_3_2)
 def test_table1_model_sizes(key, per_matrix, size):
     scheme = get_scheme(key)
     assert scheme.params_per_matrix() == per_matrix
@@ -48,6 +49,23 @@ def test_registry_has_every_row_by_name_and_dims():
         assert get_scheme(f"{dims[0]}x{dims[1]}") is SCHEMES[name]
     assert get_scheme("81m (alt)") is SCHEMES["81m_alt"]
     assert get_scheme("32x16").a_dims == (32, 16)  # dims outside the table are a custom scheme
+    assert SCHEMES["95m"].a_dims == (3072, 384) and SCHEMES["95m"].b_dims_for("c_fc") == (1, 2)
+    assert SCHEMES["95m"].b_dims_for("c_proj") == (2, 1) and SCHEMES["95m"] not in TABLE1
+
+
+def test_prune_on_95m_keeps_the_even_input_columns():
+    """The paper's section 3.8.3 on its 95M shape: A = W[:, 0::2] and B = [[1, 0]] for c_fc
+    (in the authors' Conv1D layout, fc[0::2] and B = [[1], [0]]); c_proj keeps its even outputs."""
+    from krony import prune
+
+    W = torch.randn(3072, 768)
+    A, B, _ = prune(W, SCHEMES["95m"].a_dims_for("c_fc"))
+    torch.testing.assert_close(A[0], W[:, 0::2])
+    torch.testing.assert_close(B[0], torch.tensor([[1.0, 0.0]]))
+    Wp = torch.randn(768, 3072)
+    A, B, _ = prune(Wp, SCHEMES["95m"].a_dims_for("c_proj"))
+    torch.testing.assert_close(A[0], Wp[0::2, :])
+    torch.testing.assert_close(B[0], torch.tensor([[1.0], [0.0]]))
 
 
 def test_dense_models():
@@ -105,7 +123,7 @@ def test_odd_layers_only():
 
 
 def test_unknown_scheme_lists_the_names():
-    with pytest.raises(ValueError, match=r"unknown scheme '80m'; valid names: 67m, mf1, mf2, 81m, 81m_alt, 96m, gpt2"):
+    with pytest.raises(ValueError, match=r"unknown scheme '80m'; valid names: 67m, mf1, mf2, 81m, 81m_alt, 96m, gpt2, 95m"):
         get_scheme("80m")
     with pytest.raises(ValueError, match="two positive integers"):
         get_scheme((0, 3))

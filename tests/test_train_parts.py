@@ -26,6 +26,22 @@ def test_param_groups_decay_only_weights_and_factors(tiny_model):
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(tiny_model.parameters()))
 
 
+def test_the_authors_decay_overrides(tiny_model):
+    """code=authors: weight decay 0.01 on wte (tied with lm_head) and the scalars, 0.1 on wpe."""
+    compress(tiny_model, A_DIMS, init="random", factors=2, scalars=True)
+    groups = param_groups(tiny_model, 0.1, {"wte": 0.01, "scalars": 0.01, "wpe": 0.1})
+    names = {id(p): n for n, p in tiny_model.named_parameters()}
+    by_decay = {}
+    for g in groups:
+        by_decay.setdefault(g["weight_decay"], set()).update(names[id(p)] for p in g["params"])
+    assert {"transformer.wte.weight", "transformer.h.0.mlp.c_fc.scalars", "transformer.h.1.mlp.c_proj.scalars"} <= by_decay[0.01]
+    assert "transformer.wpe.weight" in by_decay[0.1] and "transformer.h.0.mlp.c_fc.A" in by_decay[0.1]
+    assert "transformer.wpe.weight" not in by_decay[0.0] and "transformer.ln_f.bias" in by_decay[0.0]
+    assert sum(len(g["params"]) for g in groups) == len(list(tiny_model.parameters()))  # each once
+    with pytest.raises(ValueError, match=r"unknown parts \['lm_head'\]; valid: wte, wpe, scalars"):
+        OptimConfig(decay_overrides={"lm_head": 0.1})
+
+
 def test_frozen_parameters_are_left_out(tiny_model):
     apply_freeze(tiny_model, FreezeConfig(embeddings=True))
     groups = param_groups(tiny_model, 0.1)

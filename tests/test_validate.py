@@ -29,6 +29,19 @@ def test_unknown_scheme(tmp_path):
     assert e.key == "decomp.name" and e.value == "85m" and "valid names: 67m" in str(e)
 
 
+def test_evaluation_after_training(tmp_path, monkeypatch):
+    e = error_for(tmp_path, ["callbacks.eval.protocol=lm-eval"])
+    assert str(e) == "callbacks.eval.protocol='lm-eval': valid choices: paper, sliding, harness"
+    e = error_for(tmp_path, ["callbacks.eval.datasets=[hellaswag]"])
+    assert "callbacks.eval.datasets=['hellaswag']: valid choices: wikitext103, wikitext2, lambada" in str(e)
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "lm_eval" else real(name, *a))
+    e = error_for(tmp_path, ["callbacks.eval.protocol=harness"])
+    assert "lm-evaluation-harness is not installed: pip install -e '.[eval]'" in str(e)
+
+
 def test_unknown_init(tmp_path):
     e = error_for(tmp_path, ["init.method=svd"])
     assert str(e) == "init.method='svd': valid choices: vanloan, prune, random"

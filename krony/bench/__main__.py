@@ -1,9 +1,10 @@
-"""`python -m krony.bench layer|model|data`: side-by-side speed of Kronecker and dense GPT-2.
+"""`python -m krony.bench layer|model|data|compress`: side-by-side speed of Kronecker and dense GPT-2.
 
     python -m krony.bench layer --threads 2                 # FFN pair per Table-1 scheme vs dense, CPU fp32
     python -m krony.bench model --threads 2                 # training / generation tokens/s, dense vs 67m 81m 96m mf2x4
     python -m krony.bench model --device cuda --dtype bf16 --compile --batch 16 --seq-len 1024 --max-batch
     python -m krony.bench data                              # stream and memmap tokens/s per dataloader worker
+    python -m krony.bench compress --threads 2              # Van Loan on GPT-2 small per scheme, vs a full SVD
 
 Each prints a markdown table and writes the rows with a description of the machine as JSON
 (`--out`). Ratios come from one run, with the candidates timed in turns.
@@ -28,6 +29,8 @@ COLUMNS = {
     "model": [("model", "{}"), ("params", "{:,}"), ("train_tokens_per_sec", "{:,.0f}"), ("train_speedup", "{:.2f}x"),
               ("gen_tokens_per_sec", "{:,.1f}"), ("gen_speedup", "{:.2f}x"), ("train_step_mib", "{:,.0f}"),
               ("flops_per_token", "{:.3g}"), ("mfu", "{:.1%}"), ("max_batch", "{}")],
+    "compress": [("scheme", "{}"), ("factors", "{}"), ("svd", "{}"), ("compress_s", "{:.2f}"),
+                 ("per_matrix_ms", "{:.0f}"), ("full_svd_s", "{:.2f}"), ("speedup", "{:.1f}x")],
     "data": [("source", "{}"), ("workers", "{}"), ("tokens_per_sec", "{:,.0f}"), ("tokens_per_sec_per_worker", "{:,.0f}")],
 }
 
@@ -75,6 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2], help="dataloader worker counts")
     data.add_argument("--block-size", type=int, default=1024, help="tokens per block")
     data.add_argument("--seconds", type=float, default=5.0, help="measuring time per setting")
+    comp = sub.add_parser("compress", parents=[common], help="Van Loan on GPT-2 small per scheme, vs a full SVD")
+    comp.add_argument("--schemes", nargs="*", default=None, help="scheme names or m1xn1 (default: 67m 81m 96m 95m)")
+    comp.add_argument("--factors", type=int, default=1, help="Kronecker factors per matrix")
+    comp.add_argument("--svd", default="exact", choices=["exact", "lowrank"], help="vanloan's SVD")
+    comp.add_argument("--no-reference", action="store_true", help="skip timing the full SVD")
     return p
 
 
@@ -92,6 +100,10 @@ def run(args: argparse.Namespace) -> list[dict]:
         config = GPTConfig.from_preset(args.preset, **({"n_layer": args.n_layer} if args.n_layer else {}))
         return bench_models(args.models, config, args.batch, args.seq_len, args.device, dtype, args.rounds,
                             args.gen_batch, args.prompt, args.new_tokens, args.compile, args.peak_flops, args.max_batch)
+    if args.command == "compress":
+        from krony.bench.compress import bench_compress
+
+        return bench_compress(args.schemes, args.factors, args.svd, not args.no_reference)
     from krony.bench.data import bench_data
 
     return bench_data(args.files, args.workers, args.block_size, args.seconds)

@@ -13,7 +13,7 @@ from torch import nn
 
 from krony.bench.timing import interleaved
 from krony.kronecker import KroneckerLinear, fusable, kron_ffn
-from krony.schemes import TABLE1, get_scheme
+from krony.schemes import NAMED, get_scheme
 
 
 def ffn_pair(scheme: str | None, n_embd: int = 768, n_inner: int = 3072, factors: int = 1,
@@ -46,7 +46,7 @@ def bench_layers(schemes: list[str] | None = None, tokens: int = 1024, device: s
                  dtype: torch.dtype = torch.float32, factors: int = 1, rounds: int = 7,
                  compile: bool = False) -> list[dict]:
     """One row per scheme: milliseconds of both pairs, speedup, FLOP-ratio bound, paths."""
-    names = schemes or [s.key for s in TABLE1 if s.name != "gpt2"]
+    names = schemes or [s.key for s in NAMED if s.name != "gpt2"]
     x = torch.randn(tokens, 768, device=device, dtype=dtype, requires_grad=True)
     dense_fc, dense_proj = ffn_pair(None, device=device, dtype=dtype)
     dense_step = pair_step(dense_fc, dense_proj, x, compile)

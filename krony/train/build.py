@@ -10,7 +10,7 @@ from torch import nn
 from krony.compression import compress, count_params
 from krony.config import DISTILGPT2_LAYERS, KINDS, GPTConfig, ModelConfig
 from krony.fileio import InvalidFile
-from krony.model import GPT, CausalSelfAttention
+from krony.model import GPT, CausalSelfAttention, set_activation
 
 
 def load_teacher(cfg: ModelConfig, seed: int = 0) -> GPT:
@@ -70,6 +70,8 @@ def build_student(cfg: ModelConfig, seed: int = 0, keep_teacher: bool = False) -
         if cfg.kind == "krony":
             compress(student, cfg.scheme, cfg.init, cfg.factors, cfg.scalars, cfg.layers, progress=True, **cfg.init_options)
     set_dropout(student, cfg.dropout)
+    if cfg.activation is not None:
+        set_activation(student, cfg.activation)
     if cfg.untie_head:
         untie_head(student)
     student.train()

@@ -20,7 +20,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from krony.checkpoint import load_state_dict_checked
-from krony.fileio import torch_load
+from krony.fileio import torch_load, write_text
 from krony.train.preempt import SIGNALS, Preempted, requeue_slurm_job, slurm_job_id
 
 log = logging.getLogger(__name__)
@@ -83,13 +83,26 @@ class Throughput(L.Callback):
         self._t0, self._tokens0, self._batches0 = now, module.tokens_seen, module.batches_trained
 
 
+TB_FIRST = ("run", "scheme", "init", "factors", "scalars")
+"""Hparams the TensorBoard HParams tab shows first (it sorts columns by name: they get "1_", "2_", ... prefixes)."""
+
+
+def tensorboard_hparams(hparams: dict[str, Any], run_name: str | None) -> dict[str, Any]:
+    """`hparams` for the HParams tab: the run name as a column, and `TB_FIRST` in that order first
+    (the tab orders columns by whether they differ between runs, then by name)."""
+    hp = {"run": run_name or "-", **hparams}
+    first = {f"{i}_{k}": hp[k] for i, k in enumerate(TB_FIRST) if k in hp}
+    return {**first, **{k: v for k, v in hp.items() if k not in TB_FIRST}}
+
+
 class HParamsSummary(L.Callback):
     """At the end of fit (or validate), writes the run's hparams together with its final metrics,
-    so TensorBoard's HParams tab compares the runs of a sweep, and the same as `summary.json` in
-    `dirpath` for `python -m krony.report`."""
+    so TensorBoard's HParams tab compares the runs of a sweep (run name, scheme, init, factors,
+    scalars first), and the same as `summary.json` in `dirpath` for `python -m krony.report`."""
 
-    def __init__(self, dirpath: str | None = None) -> None:
+    def __init__(self, dirpath: str | None = None, run_name: str | None = None) -> None:
         self.dirpath = dirpath
+        self.run_name = run_name
 
     def _write(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
@@ -103,7 +116,7 @@ class HParamsSummary(L.Callback):
         }
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
-                logger.log_hyperparams(hparams, summary)
+                logger.log_hyperparams(tensorboard_hparams(hparams, self.run_name), summary)
             else:
                 logger.log_hyperparams(hparams)
                 logger.log_metrics(summary, step=trainer.global_step)
@@ -111,8 +124,10 @@ class HParamsSummary(L.Callback):
         if self.dirpath:
             record = {"hparams": hparams, "metrics": {**summary, **module.size_metrics()},
                       "steps": trainer.global_step, "tokens": module.tokens_seen}
+            if self.run_name:
+                record["run_name"] = self.run_name
             Path(self.dirpath).mkdir(parents=True, exist_ok=True)
-            (Path(self.dirpath) / "summary.json").write_text(json.dumps(record, indent=2) + "\n")
+            write_text(Path(self.dirpath) / "summary.json", json.dumps(record, indent=2) + "\n")
 
     @rank_zero_only
     def on_fit_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
@@ -144,24 +159,34 @@ class ExportModel(L.Callback):
 
 
 class EvaluateAtEnd(L.Callback):
-    """After fit, evaluates the exported model in `model_dir` (the best by validation), or else
-    the student as it ends, under a named protocol (see `krony.evaluate`); logs
-    `eval/<dataset>/<metric>` to the loggers and writes `results.json` into `dirpath`.
+    """After fit (or a validate-only run), evaluates the exported model in `model_dir` (the best
+    by validation), or else the student as it ends, under a named protocol (see `krony.evaluate`): `datasets` for the
+    paper and sliding protocols, lm-eval `tasks` for the harness; logs `eval/<dataset>/<metric>`
+    to the loggers and writes `results.json` into `dirpath`.
     A failure (no data offline, say) is logged as a warning: the trained model is already saved."""
 
     def __init__(self, dirpath: str, datasets: list[str], protocol: str = "paper", data_dir: str | None = None,
                  context: int = 1024, stride: int = 512, batch_size: int = 8, max_tokens: int | None = None,
-                 max_examples: int | None = None, model_dir: str | None = None) -> None:
+                 max_examples: int | None = None, model_dir: str | None = None, tasks: list[str] | None = None) -> None:
         self.dirpath, self.datasets, self.protocol, self.data_dir = dirpath, list(datasets), protocol, data_dir
+        self.tasks = list(tasks) if tasks is not None else None
         self.model_dir = model_dir
         self.context, self.stride, self.batch_size = context, stride, batch_size
         self.max_tokens, self.max_examples = max_tokens, max_examples
 
     @rank_zero_only
     def on_fit_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        if not self.datasets:
+        self._evaluate(trainer, module)
+
+    @rank_zero_only
+    def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if trainer.state.fn == "validate":  # a validate-only run (model=distilgpt2_pretrained, train=false)
+            self._evaluate(trainer, module)
+
+    def _evaluate(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if not (self.tasks if self.protocol == "harness" else self.datasets):
             return
-        from krony.eval import evaluate_model
+        from krony.eval import evaluate_model, record
         from krony.model import GPT
 
         model = module.student
@@ -169,17 +194,20 @@ class EvaluateAtEnd(L.Callback):
             model = GPT.from_pretrained(self.model_dir).to(module.device)
         try:
             results = evaluate_model(model, self.datasets, self.protocol, self.context, self.stride, "test",
-                                     self.data_dir, self.batch_size, self.max_tokens, self.max_examples, progress=True)
+                                     self.data_dir, self.batch_size, self.max_tokens, self.max_examples, progress=True,
+                                     tasks=self.tasks)
         except ValueError as e:
             log.warning("evaluation after training skipped: %s", e)
             return
-        metrics = {f"eval/{name}/{k}": float(v) for name, r in results.items() for k, v in r.items()}
+        metrics = {f"eval/{name}/{k}": float(v) for name, r in results.items() for k, v in r.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
             logger.save()
-        record = {"model": self.model_dir or "student", "protocol": self.protocol, "source": self.data_dir or "hub", "results": results}
+        rec = record(model, self.model_dir or "student", self.protocol, results, context=self.context,
+                     max_tokens=self.max_tokens, max_examples=self.max_examples)
         Path(self.dirpath).mkdir(parents=True, exist_ok=True)
-        (Path(self.dirpath) / "results.json").write_text(json.dumps(record, indent=2) + "\n")
+        write_text(Path(self.dirpath) / "results.json", json.dumps(rec, indent=2) + "\n")
 
 
 class Preemption(L.Callback):

@@ -10,9 +10,22 @@ from krony.config import SCHEDULES, OptimConfig
 from krony.kronecker import KroneckerLinear
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two AdamW groups: decay on `nn.Linear` weights and Kronecker factors A, B; none on biases,
-    norms, embeddings and scalars. Selected by module type, not by parameter name."""
+def named_parts(model: nn.Module) -> dict[str, list[nn.Parameter]]:
+    """The parameters `OptimConfig.decay_overrides` can name: wte (tied with lm_head), wpe and
+    the Kronecker scalars."""
+    parts: dict[str, list[nn.Parameter]] = {"wte": [], "wpe": [], "scalars": []}
+    transformer = getattr(model, "transformer", None)
+    if transformer is not None:
+        parts["wte"].append(transformer.wte.weight)
+        parts["wpe"].append(transformer.wpe.weight)
+    parts["scalars"] = [m.scalars for m in model.modules() if isinstance(m, KroneckerLinear) and m.scalars is not None]
+    return parts
+
+
+def param_groups(model: nn.Module, weight_decay: float, overrides: dict[str, float] | None = None) -> list[dict]:
+    """AdamW groups: decay on `nn.Linear` weights and Kronecker factors A, B; none on biases,
+    norms, embeddings and scalars (selected by module type, not by parameter name); then the
+    parts named in `overrides` ({"wte": 0.01, ...}) move to a group with their own decay."""
     decay: dict[int, nn.Parameter] = {}
     for module in model.modules():
         if isinstance(module, nn.Linear):
@@ -26,13 +39,20 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     head = getattr(model, "lm_head", None)
     if head is not None:
         decay.pop(id(head.weight), None)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    with_decay = [p for p in trainable if id(p) in decay]
-    without = [p for p in trainable if id(p) not in decay]
-    return [
-        {"params": with_decay, "weight_decay": weight_decay},
-        {"params": without, "weight_decay": 0.0},
+    special: dict[int, float] = {}
+    parts = named_parts(model)
+    for part, wd in (overrides or {}).items():
+        special.update({id(p): wd for p in parts[part]})
+    trainable = [p for p in model.parameters() if p.requires_grad and id(p) not in special]
+    groups = [
+        {"params": [p for p in trainable if id(p) in decay], "weight_decay": weight_decay},
+        {"params": [p for p in trainable if id(p) not in decay], "weight_decay": 0.0},
     ]
+    for wd in sorted(set(special.values())):
+        params = [p for p in model.parameters() if p.requires_grad and special.get(id(p)) == wd]
+        if params:
+            groups.append({"params": params, "weight_decay": wd})
+    return groups
 
 
 def lr_multiplier(step: int, cfg: OptimConfig, total_steps: int) -> float:
@@ -60,9 +80,9 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, total_steps: int, on_cud
     CUDA, except when gradients scaled for fp16 are clipped (`clips_scaled_grads`): a fused AdamW
     unscales inside its step, after clipping would have seen scaled gradients."""
     fused = cfg.fused if cfg.fused is not None else on_cuda and not clips_scaled_grads
-    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=fused)
+    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay, cfg.decay_overrides), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=fused)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_multiplier(step, cfg, total_steps))
     return opt, sched
 
 
-__all__ = ["OptimConfig", "SCHEDULES", "build_optimizer", "lr_multiplier", "param_groups"]
+__all__ = ["OptimConfig", "SCHEDULES", "build_optimizer", "lr_multiplier", "named_parts", "param_groups"]

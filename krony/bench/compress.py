@@ -1,0 +1,50 @@
+"""Compression time: Van Loan on every FFN matrix of GPT-2 small, krony's top-r against a full SVD."""
+
+from __future__ import annotations
+
+import copy
+import time
+
+import torch
+from einops import rearrange
+
+from krony.compression import compress
+from krony.config import GPTConfig
+from krony.model import GPT
+from krony.schemes import get_scheme
+
+
+def full_svd_seconds(model: GPT, scheme: str, factors: int) -> float:
+    """What Van Loan took before: a full thin SVD (float64) of each rearranged FFN matrix."""
+    sch = get_scheme(scheme)
+    start = time.perf_counter()
+    for block in model.transformer.h:
+        for name in ("c_fc", "c_proj"):
+            W = getattr(block.mlp, name).weight.detach()
+            m1, n1 = sch.a_dims_for(name)
+            m2, n2 = W.shape[0] // m1, W.shape[1] // n1
+            R = rearrange(W.double(), "(m1 m2) (n1 n2) -> (m1 n1) (m2 n2)", m1=m1, m2=m2, n1=n1, n2=n2)
+            torch.linalg.svd(R, full_matrices=False)
+    return time.perf_counter() - start
+
+
+def bench_compress(schemes: list[str] | None, factors: int = 1, svd: str = "exact", reference: bool = True,
+                   seed: int = 0) -> list[dict]:
+    """One row per scheme: seconds for `krony.compress(gpt2, scheme, "vanloan")` on GPT-2 small
+    (random weights: the SVD's cost does not depend on the values), per matrix, and beside it
+    the full-SVD time it replaces."""
+    torch.manual_seed(seed)
+    dense = GPT(GPTConfig.from_preset("gpt2")).eval()
+    rows = []
+    for scheme in schemes or ["67m", "81m", "96m", "95m"]:
+        model = copy.deepcopy(dense)
+        start = time.perf_counter()
+        compress(model, scheme, "vanloan", factors, svd=svd)
+        seconds = time.perf_counter() - start
+        row = {"scheme": get_scheme(scheme).key, "factors": factors, "svd": svd, "compress_s": seconds,
+               "per_matrix_ms": 1000 * seconds / (2 * dense.config.n_layer)}
+        if reference:
+            row["full_svd_s"] = full_svd_seconds(dense, scheme, factors)
+            row["speedup"] = row["full_svd_s"] / seconds
+        rows.append(row)
+    return rows
