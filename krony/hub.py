@@ -33,7 +33,7 @@ MODEL_REPOS = {
     "distilgpt2": "distilbert/distilgpt2",
 }
 """Short model names and the hub repositories they resolve to."""
-DATASET_REPOS = {"wikitext": "Salesforce/wikitext"}
+DATASET_REPOS = {"wikitext": "Salesforce/wikitext", "lambada": "cimec/lambada"}
 """Short dataset names and their canonical repositories (the hub redirects the short ones)."""
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 """Weights files a model directory may hold, in the order they are looked for."""

@@ -131,7 +131,9 @@ def wikitext_rows(docs: list[str]) -> list[str]:
 
 
 def put_eval_datasets(cache: Path, articles: int = 6, passages: int = 12) -> None:
-    """Salesforce/wikitext (the paper protocol's configs) and EleutherAI/lambada_openai, small."""
+    """Salesforce/wikitext (the paper protocol's configs), cimec/lambada (the original LAMBADA of
+    the paper protocol, `plain_text` config: lower-cased, tokenised) and EleutherAI/lambada_openai
+    (lm-eval's), small."""
     docs = sample_documents()
     rows = parquet(wikitext_rows(docs[:articles]))
     configs = ("wikitext-103-v1", "wikitext-2-v1", "wikitext-103-raw-v1", "wikitext-2-raw-v1")
@@ -140,6 +142,11 @@ def put_eval_datasets(cache: Path, articles: int = 6, passages: int = 12) -> Non
         **{f"{c}/test-00000-of-00001.parquet": rows for c in configs},
     })
     lambada = [" ".join(d.split()[:60]) for d in docs[articles:articles + passages]]
+    original = [" ".join(p.lower().replace(",", " ,").replace(".", " .").split()) for p in lambada]
+    put_repo(cache, "dataset", "cimec/lambada", {
+        "README.md": dataset_readme({"plain_text": {"test": "plain_text/test-*"}}),
+        "plain_text/test-00000-of-00001.parquet": parquet(original),
+    })
     put_repo(cache, "dataset", "EleutherAI/lambada_openai", {
         "README.md": dataset_readme({"default": {"test": "default/test/*"}}),
         "default/test/0000.parquet": parquet(lambada),

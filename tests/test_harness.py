@@ -5,6 +5,7 @@ a difference would be ours: tokenisation, windows, batching, the factored layers
 """
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -135,3 +136,17 @@ def test_loglikelihood_is_the_sum_of_token_log_probabilities():
             lp = torch.log_softmax(model(x[:, :-1])[0][0], -1)[len(c) - 1:]
         assert logprob == pytest.approx(lp.gather(-1, torch.tensor(t)[:, None]).sum().item(), rel=1e-5)
         assert greedy == bool(torch.equal(lp.argmax(-1), torch.tensor(t)))
+
+
+def test_bf16_autocast_at_gpt2_width_on_a_factored_model():
+    """dtype=bfloat16 (the GPU setting) on an 81m model at GPT-2 width: close to fp32, finite."""
+    torch.manual_seed(5)
+    model = compress(GPT(GPTConfig(n_layer=1)).eval(), "81m", init="random")
+    reqs = [Instance("loglikelihood", {}, ("The capital of France is", " Paris"), 0),
+            Instance("loglikelihood", {}, ("One, two,", " three"), 1)]
+    fp32 = KronyLM(model=model, device="cpu").loglikelihood(reqs, disable_tqdm=True)
+    bf16 = KronyLM(model=model, device="cpu", dtype="bfloat16").loglikelihood(reqs, disable_tqdm=True)
+    for (a, _), (b, _) in zip(fp32, bf16):
+        assert math.isfinite(b) and b == pytest.approx(a, rel=0.05)
+    with pytest.raises(ValueError, match="dtype='half': valid choices: float32, bfloat16, float16"):
+        KronyLM(model=model, device="cpu", dtype="half")

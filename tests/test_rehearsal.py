@@ -54,7 +54,8 @@ def test_default_command_runs_offline_from_the_hub_cache(hub_home, tmp_path):
     results = json.loads((job / "results.json").read_text())["results"]
     assert set(results) == {"wikitext103", "wikitext2", "lambada"}
     assert all(torch.isfinite(torch.tensor(r["ppl"])) for r in results.values())
-    assert "last_word_acc" in results["lambada"]
+    assert results["lambada"]["source"]["hub"] == "lambada" and results["lambada"]["source"]["config"] == "plain_text"
+    assert len(results["lambada"]["source"]["revision"]) == 40  # the cached snapshot's commit
     # a job's files get the user's permissions (umask 022 here: 0644), the safetensors export included
     assert (job / "export" / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~_umask()
 
@@ -77,9 +78,21 @@ def test_eval_of_the_hub_model_offline(hub_home, tmp_path):
     out = run(["model=gpt2", "max_tokens=2048", "max_examples=6", "batch_size=2"], tmp_path, env_with_cache(hub_home),
               module="krony.eval")
     assert out.returncode == 0, out.stderr[-3000:]
-    results = json.loads((tmp_path / "results.json").read_text())["results"]
+    results = json.loads((tmp_path / "eval-paper.json").read_text())["results"]
     assert set(results) == {"wikitext103", "wikitext2", "lambada"}
     assert "| gpt2 | 124,439,808 |" in out.stdout
+
+
+@pytest.mark.slow
+def test_harness_offline_without_task_data_says_what_to_do(hub_home, tmp_path):
+    """lm-eval's own tasks load their data with `datasets`, which offline needs its own cache
+    (a hub snapshot is not enough): the error names both ways out."""
+    pytest.importorskip("lm_eval")
+    out = run(["model=gpt2", "protocol=harness", "tasks=[lambada_openai]", "max_examples=4"], tmp_path,
+              env_with_cache(hub_home), module="krony.eval")
+    assert out.returncode == 2
+    assert "error: lm-eval could not load its task data" in out.stderr
+    assert "run once with internet" in out.stderr and "for lambada_openai pass data_dir=<local files>" in out.stderr
 
 
 def test_a_cache_made_by_transformers_under_gpt2_is_found(tmp_path, monkeypatch):

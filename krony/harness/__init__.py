@@ -86,7 +86,10 @@ class KronyLM(TemplateLM):
         self.model = model.to(device).eval()
         self._device = torch.device(device)
         self.batch_size = int(batch_size) if str(batch_size).isdigit() else 8
-        self.dtype = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[str(dtype)]
+        dtypes = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+        if str(dtype) not in dtypes:
+            raise ValueError(f"dtype={dtype!r}: valid choices: {', '.join(dtypes)}")
+        self.dtype = dtypes[str(dtype)]
         self.max_length = int(max_length or model.config.block_size)
         self.max_gen_toks = int(max_gen_toks)
         self.enc = gpt2_encoding()
@@ -260,9 +263,14 @@ def evaluate(
                 _local_file(task, data_dir)  # fail before loading anything
     manager = TaskManager(include_path=str(TASKS_DIR) if local else None, metadata={"data_dir": data_dir} if local else None)
     lm = KronyLM(model=model, batch_size=batch_size, device=str(next(model.parameters()).device), dtype=dtype)
-    res = lm_eval.simple_evaluate(model=lm, tasks=list(tasks), task_manager=manager, limit=limit,
-                                  num_fewshot=num_fewshot, verbosity="WARNING", log_samples=False,
-                                  bootstrap_iters=0)
+    try:
+        res = lm_eval.simple_evaluate(model=lm, tasks=list(tasks), task_manager=manager, limit=limit,
+                                      num_fewshot=num_fewshot, verbosity="WARNING", log_samples=False,
+                                      bootstrap_iters=0)
+    except ConnectionError as e:  # datasets' offline failure: the hub cache alone is not enough for it
+        offline = ", ".join(t for t in tasks if t in LOCAL_TASKS) or "wikitext, lambada_openai"
+        raise ValueError(f"lm-eval could not load its task data ({str(e).splitlines()[0]}): run once with internet "
+                         f"(the datasets cache then serves it offline), or for {offline} pass data_dir=<local files>") from e
     out: dict[str, dict[str, Any]] = {}
     for task, metrics in res["results"].items():
         row: dict[str, Any] = {k.split(",")[0]: v for k, v in metrics.items() if "," in k and "_stderr" not in k}

@@ -84,7 +84,7 @@ class Throughput(L.Callback):
 
 
 TB_FIRST = ("run", "scheme", "init", "factors", "scalars")
-"""Hparams the TensorBoard HParams tab shows first (it sorts columns by name: they get "1_", "2_", ... prefixes)."""
+"""Hparams the TensorBoard HParams tab shows first (it sorts columns by name: they get "0_", "1_", ... prefixes)."""
 
 
 def tensorboard_hparams(hparams: dict[str, Any], run_name: str | None) -> dict[str, Any]:
