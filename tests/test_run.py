@@ -259,3 +259,16 @@ def test_same_seed_and_config_give_the_same_losses(smoke_sweep, tmp_path):
     a, b = GPT.from_pretrained(first / "export").state_dict(), GPT.from_pretrained(again / "export").state_dict()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_report_follows_skip_and_resume_pointers(tmp_path):
+    from krony.report import follow_pointer
+
+    run = tmp_path / "runs" / "81m-vanloan-r1" / "2026-01-01_00-00-00"
+    (tmp_path / "again").mkdir()
+    skipped, resumed = tmp_path / "again" / "skipped.txt", tmp_path / "again" / "resumed.txt"
+    skipped.write_text(f"finished earlier in {run}\n")  # what python -m krony.run writes
+    resumed.write_text(f"continued in {run} from {run}/checkpoints/last.ckpt\n")
+    assert follow_pointer(skipped) == run and follow_pointer(resumed) == run
+    (tmp_path / "again" / "other.txt").write_text(f"finished earlier in {run}\n")
+    assert follow_pointer(tmp_path / "again" / "other.txt") is None
