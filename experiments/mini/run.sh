@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# CPU mini reproduction of the paper's comparisons, about 40 minutes on 2 cores, offline.
+# CPU mini reproduction of the paper's comparisons, about 32 minutes on 2 cores, offline.
 # Usage: bash experiments/mini/run.sh [data_dir]   (data_dir: the evaluation files, default ../shared/data)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
