@@ -25,6 +25,8 @@ EVAL_PROTOCOLS = ("paper", "sliding", "harness")
 """Evaluation protocols (`krony.evaluate`): krony's paper and sliding windows, lm-evaluation-harness."""
 EVAL_DATASETS = ("wikitext103", "wikitext2", "lambada")
 """Datasets of the paper and sliding protocols (the harness takes lm-eval task names)."""
+HARNESS_TASKS = ("wikitext", "lambada_openai")
+"""Default lm-eval tasks of the harness protocol, the two that also run offline from local files."""
 DISTILGPT2_LAYERS = [0, 2, 4, 7, 9, 11]
 """Teacher blocks DistilGPT2 copies into its 6-block student."""
 

@@ -23,12 +23,10 @@ import torch
 from omegaconf import OmegaConf
 
 from krony.compression import count_params
+from krony.config import HARNESS_TASKS
 from krony.evaluate import DATASETS, PROTOCOLS, load_rows, score_windows, token_ids
 from krony.fileio import write_text
 from krony.model import GPT
-
-HARNESS_TASKS = ["wikitext", "lambada_openai"]
-"""Default lm-eval tasks of `protocol=harness` (the two that also run offline with data_dir)."""
 
 
 def resolve_model(name_or_path: str) -> tuple[GPT, Path | None]:

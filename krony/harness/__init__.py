@@ -36,12 +36,12 @@ from lm_eval.models.utils import (
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm.auto import tqdm
 
+from krony.config import HARNESS_TASKS
 from krony.evaluate import file_sha256, lambada_rows_from_file
 from krony.tokenizer import EOT, gpt2_encoding
 
 TASKS_DIR = Path(__file__).parent / "tasks"
 """lm-eval task definitions that read local files (`include_path` for lm-eval's TaskManager)."""
-DEFAULT_TASKS = ("wikitext", "lambada_openai")
 LOCAL_TASKS = {"wikitext": "wikitext-2-raw/wiki.{split}.raw", "lambada_openai": "lambada/lambada_test.jsonl"}
 """The offline tasks and the file under `data_dir` each reads."""
 
@@ -240,7 +240,7 @@ def local_lambada_openai(data_dir: str | None = None, **_: Any):
 
 def evaluate(
     model: Any,
-    tasks: list[str] | tuple[str, ...] = DEFAULT_TASKS,
+    tasks: list[str] | tuple[str, ...] = HARNESS_TASKS,
     data_dir: str | None = None,
     batch_size: int = 8,
     limit: int | None = None,
