@@ -77,15 +77,21 @@ def file_sha256(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def local_file(data_dir: str | Path, relative: str) -> Path:
+    """`data_dir/relative`, or ValueError naming the layout expected."""
+    path = Path(data_dir).expanduser() / relative
+    if not path.is_file():
+        raise ValueError(f"data_dir={data_dir}: no {path}; expected the layout {relative}")
+    return path
+
+
 def load_rows(dataset: str, split: str = "test", data_dir: str | Path | None = None) -> Rows:
     """Rows of `dataset` ("wikitext103", "wikitext2", "lambada"): from `data_dir` (the layout of
     `LOCAL_FILES`) or, without it, from the Hugging Face hub (or its cache, offline)."""
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; valid choices: {', '.join(DATASETS)}")
     if data_dir is not None:
-        path = Path(data_dir).expanduser() / LOCAL_FILES[dataset].format(split=split)
-        if not path.exists():
-            raise ValueError(f"data_dir={data_dir}: no {path}; expected the layout of {LOCAL_FILES[dataset]}")
+        path = local_file(data_dir, LOCAL_FILES[dataset].format(split=split))
         rows = lambada_rows_from_file(path) if dataset == "lambada" else wikitext_rows_from_file(path)
         return Rows(rows, {"path": str(path), "sha256": file_sha256(path)})
     import datasets
@@ -233,6 +239,7 @@ __all__ = [
     "file_sha256",
     "lambada_rows_from_file",
     "load_rows",
+    "local_file",
     "paper_text",
     "perplexity",
     "score_windows",

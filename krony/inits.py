@@ -27,6 +27,14 @@ def _check_factors(factors: int) -> int:
     return int(factors)
 
 
+def rearranged(W: torch.Tensor, a_dims: tuple[int, int]) -> torch.Tensor:
+    """Van Loan's rearrangement: W (m1*m2, n1*n2) -> R (m1*n1, m2*n2), one row per block of W
+    (flattened), so that sum_i kron(A_i, B_i) becomes sum_i vec(A_i) vec(B_i)^T."""
+    m1, n1 = a_dims
+    m2, n2 = check_dims(W.shape[0], W.shape[1], a_dims, "weight")
+    return rearrange(W.detach(), "(m1 m2) (n1 n2) -> (m1 n1) (m2 n2)", m1=m1, m2=m2, n1=n1, n2=n2)
+
+
 def top_singular(R: torch.Tensor, r: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The top-r singular triplets (U (m, r), S (r,), V (n, r)) of R, exactly, in float64.
 
@@ -85,7 +93,7 @@ def vanloan(
             f"vanloan can give at most min(m1*n1, m2*n2) = {min(m1 * n1, m2 * n2)} factors "
             f"for A ({m1}, {n1}), B ({m2}, {n2}); got factors={factors}"
         )
-    R = rearrange(W.detach(), "(m1 m2) (n1 n2) -> (m1 n1) (m2 n2)", m1=m1, m2=m2, n1=n1, n2=n2)
+    R = rearranged(W, a_dims)
     if svd == "exact":
         U, S, V = top_singular(R, factors)
     elif svd == "lowrank":
@@ -189,4 +197,4 @@ def get_init(name: str | InitFn) -> InitFn:
     return INITS[name]
 
 
-__all__ = ["INITS", "default_offsets", "get_init", "prune", "random_factors", "random_std", "top_singular", "vanloan"]
+__all__ = ["INITS", "default_offsets", "get_init", "prune", "random_factors", "random_std", "rearranged", "top_singular", "vanloan"]

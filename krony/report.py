@@ -18,6 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from krony.train.resume import POINTERS
+from krony.train.resume import read_pointer as follow_pointer
+
 PUBLISHED: list[dict[str, Any]] = [
     # paper protocol: WikiText-103, WikiText-2, LAMBADA perplexity
     {"model": "GPT-2 (124M)", "params": 124_439_808, "wikitext103": 29.16, "wikitext2": 24.67, "lambada": 45.28},
@@ -43,22 +46,6 @@ class Run:
     eval: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
-POINTERS = {"skipped.txt": "finished earlier in ", "resumed.txt": "continued in "}
-"""Files `python -m krony.run` leaves in a job directory whose run lives elsewhere, and their prefix."""
-
-
-def follow_pointer(path: Path) -> Path | None:
-    """The directory a skipped.txt / resumed.txt points to, or None."""
-    prefix = POINTERS.get(path.name)
-    first = path.read_text().splitlines()[0] if prefix and path.read_text().strip() else ""
-    if not first.startswith(prefix or "\0"):
-        return None
-    target = first[len(prefix):]
-    if path.name == "resumed.txt":
-        target = target.rsplit(" from ", 1)[0]
-    return Path(target)
-
-
 def find_runs(paths: Sequence[str | Path]) -> list[Path]:
     """Run directories (holding a TensorBoard event file) at or below `paths`, and those the
     skip / resume pointers below them lead to, sorted."""
@@ -68,7 +55,7 @@ def find_runs(paths: Sequence[str | Path]) -> list[Path]:
             raise ValueError(f"no such directory: {p}")
         for ev in p.rglob("events.out.tfevents.*"):
             found.add(ev.parent.resolve())
-        for pointer in [*p.rglob("skipped.txt"), *p.rglob("resumed.txt")]:
+        for pointer in (q for name in POINTERS for q in p.rglob(name)):
             target = follow_pointer(pointer)
             if target is not None and target.is_dir() and any(target.glob("events.out.tfevents.*")):
                 found.add(target.resolve())

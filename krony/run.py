@@ -30,7 +30,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from krony.data.sources import sample_path
-from krony.train.resume import job_identity, job_key, plan_job, write_status
+from krony.train.resume import job_identity, job_key, plan_job, write_pointer, write_status
 from krony.validate import validate
 
 log = logging.getLogger("krony.run")
@@ -174,12 +174,12 @@ def hydra_main(cfg: DictConfig) -> float | None:
             if plan.action == "skip":
                 log.info("run %s already finished in %s: skipped (resume=false trains it again)", name, plan.directory)
                 if plan.directory.resolve() != out.resolve():
-                    Path(out, "skipped.txt").write_text(f"finished earlier in {plan.directory}\n")
+                    write_pointer(out, "skipped.txt", plan.directory)
                 return None
             if plan.action == "continue":
                 log.info("run %s continues in %s from %s", name, plan.directory, plan.checkpoint)
                 if plan.directory.resolve() != out.resolve():
-                    Path(out, "resumed.txt").write_text(f"continued in {plan.directory} from {plan.checkpoint}\n")
+                    write_pointer(out, "resumed.txt", plan.directory, plan.checkpoint)
                 out, ckpt = plan.directory, plan.checkpoint
                 with open_dict(cfg):
                     cfg.paths.output_dir = str(out)

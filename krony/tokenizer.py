@@ -81,6 +81,8 @@ def save_hf_tokenizer(directory: str | Path) -> list[Path]:
     import json
     import shutil
 
+    from krony.fileio import write_text
+
     files = _bundled_files()
     if files is None:
         return []
@@ -91,7 +93,7 @@ def save_hf_tokenizer(directory: str | Path) -> list[Path]:
         written.append(out / name)
     config = {"tokenizer_class": "GPT2Tokenizer", "model_max_length": 1024, "add_prefix_space": False,
               "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>"}
-    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    write_text(out / "tokenizer_config.json", json.dumps(config, indent=2) + "\n")
     return written + [out / "tokenizer_config.json"]
 
 

@@ -37,7 +37,7 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm.auto import tqdm
 
 from krony.config import HARNESS_TASKS
-from krony.evaluate import file_sha256, lambada_rows_from_file
+from krony.evaluate import file_sha256, lambada_rows_from_file, local_file
 from krony.tokenizer import EOT, gpt2_encoding
 
 TASKS_DIR = Path(__file__).parent / "tasks"
@@ -214,10 +214,7 @@ def _local_file(task: str, data_dir: str | None, split: str = "test") -> Path:
     if not data_dir:
         raise ValueError(f"the offline '{task}' task reads local files: pass data_dir=<folder with "
                          f"{LOCAL_TASKS[task].format(split=split)}> (the layout of krony's evaluation data)")
-    path = Path(data_dir).expanduser() / LOCAL_TASKS[task].format(split=split)
-    if not path.is_file():
-        raise ValueError(f"data_dir={data_dir}: no {path}; expected the layout {LOCAL_TASKS[task].format(split=split)}")
-    return path
+    return local_file(data_dir, LOCAL_TASKS[task].format(split=split))
 
 
 def local_wikitext(data_dir: str | None = None, **_: Any):

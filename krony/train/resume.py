@@ -164,7 +164,29 @@ def _continue(prev: Previous, out: Path) -> Plan:
     return Plan("continue", prev.directory, checkpoint)
 
 
+POINTERS = {"skipped.txt": "finished earlier in ", "resumed.txt": "continued in "}
+"""Files a job directory gets when its run lives elsewhere (skipped, or continued there), and
+the words before that directory; `krony.report` follows them."""
+
+
+def write_pointer(out: Path, name: str, directory: Path, checkpoint: str | Path | None = None) -> None:
+    """`out/<name>` (a key of `POINTERS`) saying where the run is: "finished earlier in <dir>" or
+    "continued in <dir> from <checkpoint>"."""
+    tail = f" from {checkpoint}" if checkpoint is not None else ""
+    write_text(Path(out) / name, f"{POINTERS[name]}{directory}{tail}\n")
+
+
+def read_pointer(path: Path) -> Path | None:
+    """The directory a `write_pointer` file points to, or None for any other file."""
+    prefix = POINTERS.get(path.name)
+    text = path.read_text().splitlines()
+    if prefix is None or not text or not text[0].startswith(prefix):
+        return None
+    target = text[0][len(prefix):]
+    return Path(target.rsplit(" from ", 1)[0] if path.name == "resumed.txt" else target)
+
+
 __all__ = [
-    "JOB_FILE", "NOT_IDENTITY", "Plan", "Previous", "config_changes", "job_identity", "job_key",
-    "latest_checkpoint", "plan_job", "read_status", "write_status",
+    "JOB_FILE", "NOT_IDENTITY", "POINTERS", "Plan", "Previous", "config_changes", "job_identity", "job_key",
+    "latest_checkpoint", "plan_job", "read_pointer", "read_status", "write_pointer", "write_status",
 ]
