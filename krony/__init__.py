@@ -1,8 +1,9 @@
 """krony: compress GPT-2 with Kronecker products (Krony-PT).
 
-The math lives in plain PyTorch modules: `kronecker` (the layer and its cost model),
-`inits` (Van Loan, pruning, random), `schemes` (Table 1), `model` (GPT-2),
-`compress` (swap layers, count parameters) and `checkpoint` (HF / hub / local files).
+The math lives in plain PyTorch modules: `model` (GPT-2, nothing else), `layers` (the
+factored structures: `layers.kronecker`, the layer and its cost model; `layers.kronecker_init`,
+Van Loan, pruning, random), `schemes` (Table 1), `compression` (swap layers in and out, count
+parameters), `hf` (Hugging Face / hub / local files) and `eval` (evaluation protocols).
 The names below are imported on first use, so `import krony` itself is instant.
 """
 
@@ -12,10 +13,10 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "compress": "krony.compression", "count_params": "krony.compression", "decompress": "krony.compression",
-    "kronecker_layers": "krony.compression", "model_size": "krony.compression",
-    "INITS": "krony.inits", "prune": "krony.inits", "random_factors": "krony.inits", "vanloan": "krony.inits",
-    "KroneckerLinear": "krony.kronecker", "choose_path": "krony.kronecker", "kron_weight": "krony.kronecker",
-    "path_costs": "krony.kronecker",
+    "kronecker_layers": "krony.compression", "factored_layers": "krony.compression", "model_size": "krony.compression",
+    "INITS": "krony.layers.kronecker_init", "prune": "krony.layers.kronecker_init", "random_factors": "krony.layers.kronecker_init", "vanloan": "krony.layers.kronecker_init",
+    "FactoredLinear": "krony.layers", "STRUCTURES": "krony.layers", "KroneckerLinear": "krony.layers.kronecker", "choose_path": "krony.layers.kronecker", "kron_weight": "krony.layers.kronecker",
+    "path_costs": "krony.layers.kronecker",
     "GPT": "krony.model",
     "GPTConfig": "krony.config", "PRESETS": "krony.config",
     "NAMED": "krony.schemes", "SCHEMES": "krony.schemes", "TABLE1": "krony.schemes", "Scheme": "krony.schemes", "get_scheme": "krony.schemes",

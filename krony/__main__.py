@@ -15,8 +15,8 @@ import torch
 
 from krony.compression import CONVENTIONS, compress, count_params, decompress, kronecker_layers, model_size
 from krony.config import PRESETS, GPTConfig
-from krony.inits import INITS
-from krony.kronecker import path_costs
+from krony.layers.kronecker_init import INITS
+from krony.layers.kronecker import path_costs
 from krony.model import GPT
 from krony.schemes import NAMED, get_scheme
 

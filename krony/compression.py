@@ -1,13 +1,14 @@
-"""Compress a GPT's FFN matrices into Kronecker sums, convert back, and count parameters.
+"""Compress a GPT's FFN matrices into factored layers, convert back, and count parameters.
 
 Compression is one explicit function: for each selected block, take the dense `c_fc` and
-`c_proj` weights, initialise factors from them, and swap in `KroneckerLinear` layers at
-the same module names (biases are kept). Attention, embeddings and norms are untouched.
+`c_proj` weights, build a factored layer of the chosen structure for each (`krony.layers`),
+initialise it from the dense weight, and swap it in at the same module name (biases are
+kept). Attention, embeddings and norms are untouched. Only the structure interface
+(`krony.layers.base.FactoredLinear`) is used here.
 """
 
 from __future__ import annotations
 
-import inspect
 from typing import Any, Sequence
 
 import torch
@@ -15,10 +16,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from krony.config import LAYER_SETS, GPTConfig
-from krony.inits import InitFn, get_init
-from krony.kronecker import KroneckerLinear
+from krony.layers import FactoredLinear, KroneckerLinear, check_factors, get_structure
 from krony.model import GPT
-from krony.schemes import Scheme, get_scheme
+from krony.schemes import Scheme
 
 FFN_MODULES = ("c_fc", "c_proj")
 CONVENTIONS = ("table1", "no_output_embedding", "non_embedding")
@@ -41,68 +41,54 @@ def select_layers(layers: str | Sequence[int], n_layer: int) -> list[int]:
     return chosen
 
 
-def _check_init_kwargs(fn: InitFn, kwargs: dict[str, Any]) -> None:
-    params = inspect.signature(fn).parameters
-    valid = [p for p in params if p not in ("W", "a_dims", "factors")]
-    unknown = sorted(set(kwargs) - set(valid))
-    if unknown:
-        raise ValueError(f"unknown options {unknown} for init {getattr(fn, '__name__', fn)!r}; valid options: {valid}")
-
-
 def compress(
     model: GPT,
     scheme: str | Scheme | tuple[int, int] = "81m",
-    init: str | InitFn = "vanloan",
+    init: str = "vanloan",
     factors: int = 1,
     scalars: bool = False,
     layers: str | Sequence[int] = "all",
     path: str = "auto",
     progress: bool = False,
+    structure: str | type[FactoredLinear] = "kronecker",
     **init_kwargs: Any,
 ) -> GPT:
-    """Replace `c_fc` and `c_proj` of the selected blocks by `KroneckerLinear` layers, in place.
+    """Replace `c_fc` and `c_proj` of the selected blocks by factored layers, in place.
 
     Args:
         model: a dense GPT (on any device; on the meta device only the structure is built).
         scheme: a Table-1 name ("67m", "81m", "96m", "mf1", "mf2", "81m_alt", "gpt2"), A dims of
             `c_fc` as "m1xn1" or (m1, n1), or a `Scheme`. `c_proj` uses the transposed A dims.
-        init: "vanloan", "prune", "random" (see `krony.inits`) or a function with their signature.
+        init: "vanloan", "prune", "random" (see `krony.layers.kronecker_init`) or a function with their signature.
         factors: r, the number of Kronecker products per matrix.
         scalars: learn one scalar per factor (adaptive normalisation lands in them when on).
         layers: "all", "odd", "even" or a list of block indices.
         path: forward path of the new layers ("auto" picks the cheapest).
         progress: show a progress bar over the matrices.
+        structure: the factored structure (`krony.layers.STRUCTURES`): "kronecker".
         init_kwargs: options of the init, e.g. `normalize=True`, `svd="lowrank"`, `offsets=...`, `fill=0.1`.
 
     Returns the same model object.
     """
-    sch = get_scheme(scheme)
-    init_fn = get_init(init)
-    _check_init_kwargs(init_fn, init_kwargs)
-    if int(factors) != factors or factors < 1:
-        raise ValueError(f"factors must be an integer >= 1, got {factors!r}")
+    cls = get_structure(structure)
+    factors = check_factors(factors)
     blocks = select_layers(layers, model.config.n_layer)
     # build every new layer first and swap them in at the end, so a failure leaves the model as it was
     todo = [(i, name) for i in blocks for name in FFN_MODULES]
     new_layers = []
-    for i, name in tqdm(todo, desc=f"compress {sch.key}", disable=not progress, unit="matrix"):
+    for i, name in tqdm(todo, desc=f"compress {scheme}", disable=not progress, unit="matrix"):
         dense = getattr(model.transformer.h[i].mlp, name)
-        if isinstance(dense, KroneckerLinear):
+        if isinstance(dense, FactoredLinear):
             raise ValueError(f"block {i} {name} is already compressed; call krony.decompress(model) first")
-        a_dims = sch.a_dims_for(name)
-        W = dense.weight  # (out, in)
-        layer = KroneckerLinear(
-            dense.in_features, dense.out_features, a_dims, factors=factors, scalars=scalars,
-            bias=dense.bias is not None, path=path, device=W.device, dtype=W.dtype,
-        )
-        if not W.is_meta:
+        layer = cls.for_matrix(dense, scheme, name, factors=factors, scalars=scalars, path=path)
+        if not dense.weight.is_meta:
             with torch.no_grad():
-                layer.load_factors(*init_fn(W, a_dims, factors, **init_kwargs))
+                layer.init_from(dense.weight, init, **init_kwargs)
                 if dense.bias is not None:
                     layer.bias.copy_(dense.bias)
-        new_layers.append((i, name, layer))
-    for i, name, layer in new_layers:
-        setattr(model.transformer.h[i].mlp, name, layer)
+        new_layers.append((f"transformer.h.{i}.mlp.{name}", layer))
+    for name, layer in new_layers:
+        install(model, name, layer)
     return model
 
 
@@ -112,16 +98,31 @@ def replace_module(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent), child, module)
 
 
+def install(model: nn.Module, name: str, layer: FactoredLinear) -> None:
+    """Put a factored `layer` at `name` (an MLP's c_fc or c_proj); the MLP becomes the structure's
+    fusing subclass (`mlp_class`) when it has one."""
+    replace_module(model, name, layer)
+    mlp_name = name.rpartition(".")[0]
+    mlp = model.get_submodule(mlp_name)
+    if layer.mlp_class is not None and not isinstance(mlp, layer.mlp_class):
+        replace_module(model, mlp_name, layer.mlp_class(mlp))
+
+
 def decompress(model: GPT) -> GPT:
-    """Replace every `KroneckerLinear` by an `nn.Linear` with its dense weight, in place; returns the model."""
-    for name, layer in kronecker_layers(model).items():
+    """Replace every factored layer by an `nn.Linear` with its dense weight, in place; returns the model."""
+    for name, layer in factored_layers(model).items():
         replace_module(model, name, layer.to_linear())
     return model
 
 
+def factored_layers(model: nn.Module) -> dict[str, FactoredLinear]:
+    """{module name: layer} for every factored layer (any structure) in `model`."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, FactoredLinear)}
+
+
 def kronecker_layers(model: nn.Module) -> dict[str, KroneckerLinear]:
     """{module name: layer} for every `KroneckerLinear` in `model`."""
-    return {name: m for name, m in model.named_modules() if isinstance(m, KroneckerLinear)}
+    return {name: m for name, m in factored_layers(model).items() if isinstance(m, KroneckerLinear)}
 
 
 def count_params(model: GPT, convention: str = "table1") -> int:
@@ -165,6 +166,8 @@ __all__ = [
     "compress",
     "count_params",
     "decompress",
+    "factored_layers",
+    "install",
     "kronecker_layers",
     "model_size",
     "replace_module",

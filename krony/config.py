@@ -1,16 +1,23 @@
 """The typed configs of krony: the model's shape and what a run trains. Plain dataclasses with
-a docstring per field and no torch import, so a run's config is checked in a blink before
-anything heavy is imported (`krony.validate`), and the code that builds models, optimizers and
-losses reads the same fields.
+a docstring per field and no torch import. Each checks its own fields in `__post_init__` (the
+one place a single value is checked); `from_config` builds one from a composed Hydra node and
+reports an unknown key, a wrong type or a bad value as a `ConfigError` naming the key the user
+typed. The run config's `model`, `optim`, `freeze` and `distill` nodes name these classes in
+their `_target_`, and `hydra.utils.instantiate` builds them for the LightningModule.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+import difflib
+import math
+import re
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from typing import Any, Mapping
 
 INIT_METHODS = ("vanloan", "prune", "random")
-"""Initialisations of the Kronecker factors, by name (`krony.inits.INITS` maps them to functions)."""
+"""Initialisations of the Kronecker factors, by name (`krony.layers.kronecker_init.INITS` maps them to functions)."""
 KINDS = ("krony", "distil", "dense")
 """What a run trains: krony (compressed FFNs), distil (a shallower student), dense (the teacher as is)."""
 SCHEDULES = ("constant", "cosine", "wsd")
@@ -22,13 +29,118 @@ ACTIVATIONS = ("gelu_new", "gelu")
 DECAY_PARTS = ("wte", "wpe", "scalars")
 """Parameters `optim.decay_overrides` can give their own weight decay."""
 EVAL_PROTOCOLS = ("paper", "sliding", "harness")
-"""Evaluation protocols (`krony.evaluate`): krony's paper and sliding windows, lm-evaluation-harness."""
+"""Evaluation protocols (`krony.eval.protocols`): krony's paper and sliding windows, lm-evaluation-harness."""
 EVAL_DATASETS = ("wikitext103", "wikitext2", "lambada")
 """Datasets of the paper and sliding protocols (the harness takes lm-eval task names)."""
 HARNESS_TASKS = ("wikitext", "lambada_openai")
 """Default lm-eval tasks of the harness protocol, the two that also run offline from local files."""
 DISTILGPT2_LAYERS = [0, 2, 4, 7, 9, 11]
 """Teacher blocks DistilGPT2 copies into its 6-block student."""
+INIT_OPTIONS = {"vanloan": ("normalize", "svd", "niter"), "prune": ("offsets", "fill"), "random": ("std", "generator")}
+"""The options each init takes (`model.init_options`); the init functions' signatures, checked by a test."""
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work: `key`, `value` and a one-line `hint` of what is valid."""
+
+    def __init__(self, key: str, value: Any, hint: str) -> None:
+        self.key, self.value, self.hint = key, value, hint
+        super().__init__(f"{key}={value!r}: {hint}")
+
+
+def suggest(word: str, choices: typing.Iterable[str]) -> str:
+    """' (did you mean X?)' for the closest of `choices`, compared case-insensitively; '' if none is close."""
+    choices = list(choices)
+    lowered = {c.lower(): c for c in choices}
+    close = difflib.get_close_matches(str(word).lower(), list(lowered), n=1, cutoff=0.6)
+    return f" (did you mean {lowered[close[0]]}?)" if close else ""
+
+
+def check_factors(factors: Any, key: str = "factors") -> int:
+    """`factors` as an int; `ConfigError` unless it is an integer >= 1 (the one place this is checked)."""
+    if isinstance(factors, bool) or not isinstance(factors, (int, float)) or int(factors) != factors or factors < 1:
+        raise ConfigError(key, factors, "the number of Kronecker factors must be an integer >= 1")
+    return int(factors)
+
+
+def check_choice(key: str, value: Any, choices: typing.Sequence[str]) -> None:
+    """`ConfigError` unless `value` is one of `choices` (with a suggestion when one is close)."""
+    if value not in choices:
+        raise ConfigError(key, value, f"valid choices: {', '.join(choices)}{suggest(value, choices)}")
+
+
+def _type_name(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(hint))
+    if hint is type(None):
+        return "null"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string", list: "a list",
+            tuple: "a list", dict: "a mapping"}.get(origin or hint, str(hint))
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """Whether a config value fits a type hint (ints pass for floats; lists for tuples)."""
+    if hint is Any:
+        return True
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin in (list, tuple) or hint in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            return False
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return len(value) == len(args) and all(_matches(v, a) for v, a in zip(value, args))
+        return not args or all(_matches(v, args[0]) for v in value)
+    if origin is dict or hint is dict:
+        return isinstance(value, dict)
+    return isinstance(value, hint) if isinstance(hint, type) else True
+
+
+_INTERPOLATION = re.compile(r"^\$\{([\w.]+)\}$")
+
+
+def from_config(cls: type, values: Mapping[str, Any], prefix: str, raw: Mapping[str, Any] | None = None) -> Any:
+    """An instance of the dataclass `cls` from a config node (`_target_` ignored).
+
+    Unknown keys, values of the wrong type and values `__post_init__` refuses raise a
+    `ConfigError` named "<prefix>.<field>", or the key the field interpolates (`raw` is the
+    unresolved node: `scheme: ${decomp}` reports a bad scheme as `decomp`).
+    """
+    def key_of(name: str) -> str:
+        source = (raw or {}).get(name)
+        m = _INTERPOLATION.match(source) if isinstance(source, str) else None
+        return m.group(1) if m else f"{prefix}.{name}"
+
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in fields(cls)]
+    kwargs = {k: v for k, v in values.items() if k != "_target_"}
+    for name, value in kwargs.items():
+        if name not in known:
+            raise ConfigError(f"{prefix}.{name}", value, f"unknown key{suggest(name, known)}; valid keys: {', '.join(known)}")
+        if not _matches(value, hints[name]):
+            raise ConfigError(key_of(name), value, f"must be {_type_name(hints[name])}")
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:
+        name = e.key.split(".")[0]
+        key = key_of(name) + e.key[len(name):] if name in known else f"{prefix}.{e.key}"
+        raise ConfigError(key, e.value, e.hint) from None
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A config dataclass (or a mapping) as a plain dict, for checkpoints and logs."""
+    return asdict(cfg) if is_dataclass(cfg) else dict(cfg or {})
 
 
 @dataclass
@@ -57,15 +169,14 @@ class GPTConfig:
     """FFN activation: gelu_new (tanh approximation, GPT-2's) | gelu (exact erf)."""
 
     def __post_init__(self) -> None:
-        if self.n_embd % self.n_head:
-            raise ValueError(f"n_head={self.n_head} must divide n_embd={self.n_embd}")
         for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(name, getattr(self, name), "must be >= 1")
+        if self.n_embd % self.n_head:
+            raise ConfigError("n_head", self.n_head, f"must divide n_embd={self.n_embd}")
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
+            raise ConfigError("dropout", self.dropout, "must be in [0, 1)")
+        check_choice("activation", self.activation, ACTIVATIONS)
 
     @property
     def ffn_dim(self) -> int:
@@ -104,6 +215,8 @@ PRESETS: dict[str, dict[str, int]] = {
 class ModelConfig:
     """The model a run trains: which teacher checkpoint, and what student is made of it."""
 
+    name: str = ""
+    """The run's name (`81m-vanloan-r1`): names its directory and its TensorBoard run."""
     kind: str = "krony"
     """krony (compress the teacher's FFNs) | distil (keep some teacher blocks) | dense (the teacher as is)."""
     teacher: str | None = "gpt2"
@@ -111,7 +224,7 @@ class ModelConfig:
     teacher_config: dict[str, Any] | None = None
     """For teacher=None: {"preset": "gpt2", ...GPTConfig overrides}, e.g. n_layer=2 for smoke runs."""
     scheme: str = "81m"
-    """krony: Table-1 name or "m1xn1" A dims of c_fc."""
+    """krony: a scheme name (`python -m krony schemes`) or A dims of c_fc as "m1xn1"; set by `decomp=`."""
     init: str = "vanloan"
     """krony: vanloan | prune | random."""
     init_options: dict[str, Any] = field(default_factory=dict)
@@ -134,16 +247,38 @@ class ModelConfig:
     """The student's FFN activation: gelu_new | gelu (exact erf, as the authors' code ran); None: the teacher's."""
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"model.kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
+        from krony.schemes import get_scheme
+
+        check_choice("kind", self.kind, KINDS)
         if self.teacher is None and not self.teacher_config:
-            raise ValueError("model.teacher is null: set model.teacher_config (a preset and overrides) for random weights")
+            raise ConfigError("teacher", None, "set model.teacher_config (a preset and overrides) for random weights")
+        if self.activation is not None:
+            check_choice("activation", self.activation, ACTIVATIONS)
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError("dropout", self.dropout, "must be in [0, 1)")
+        if self.kind == "krony":
+            try:
+                get_scheme(self.scheme)
+            except ValueError as e:
+                raise ConfigError("scheme", self.scheme, str(e)) from None
+            check_choice("init", self.init, INIT_METHODS)
+            unknown = sorted(set(self.init_options) - set(INIT_OPTIONS[self.init]))
+            if unknown:
+                raise ConfigError(f"init_options.{unknown[0]}", self.init_options[unknown[0]],
+                                  f"not an option of init {self.init}; valid: {', '.join(INIT_OPTIONS[self.init])}")
+            self.factors = check_factors(self.factors)
+            layers = self.layers
+            if not (layers in LAYER_SETS or isinstance(layers, (list, tuple)) and layers
+                    and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in layers)):
+                raise ConfigError("layers", layers, f"give {', '.join(LAYER_SETS)} or a list of block indices such as [0, 2, 4]")
 
 
 @dataclass
 class OptimConfig:
     """AdamW and its schedule. Defaults follow the authors' code."""
 
+    name: str = "constant"
+    """The option's name in the `optim` group (for logs)."""
     lr: float = 6e-4
     """Peak learning rate."""
     min_lr: float = 6e-5
@@ -169,15 +304,17 @@ class OptimConfig:
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)
         self.decay_overrides = {str(k): float(v) for k, v in dict(self.decay_overrides).items()}
-        unknown = sorted(set(self.decay_overrides) - set(DECAY_PARTS))
-        if unknown:
-            raise ValueError(f"optim.decay_overrides: unknown parts {unknown}; valid: {', '.join(DECAY_PARTS)}")
-        if self.lr <= 0:
-            raise ValueError(f"optim.lr must be > 0, got {self.lr}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"optim.schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        for part in self.decay_overrides:
+            check_choice(f"decay_overrides.{part}", part, DECAY_PARTS)
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError("lr", self.lr, "the learning rate must be a finite number > 0, e.g. 6e-5")
+        if not (math.isfinite(self.min_lr) and self.min_lr >= 0):  # a schedule may decay to 0
+            raise ConfigError("min_lr", self.min_lr, "the learning-rate floor must be a finite number >= 0")
+        check_choice("schedule", self.schedule, SCHEDULES)
         if not 0 <= self.decay_fraction <= 1:
-            raise ValueError(f"optim.decay_fraction must be in [0, 1], got {self.decay_fraction}")
+            raise ConfigError("decay_fraction", self.decay_fraction, "must be in [0, 1]")
+        if self.warmup_steps < 0:
+            raise ConfigError("warmup_steps", self.warmup_steps, "must be >= 0")
 
 
 @dataclass
@@ -194,6 +331,14 @@ class FreezeConfig:
     """Freeze the Kronecker scalars s_i."""
     scalars_value: float | None = None
     """Set every scalar to this value and freeze it (the paper observed they settle near 4)."""
+    tag: str = ""
+    """Added to run names (`-frz_emb`)."""
+
+    def check_model(self, model: ModelConfig) -> None:
+        """`ConfigError` when scalars are to be frozen but `model` has none."""
+        if (self.scalars or self.scalars_value is not None) and not (model.kind == "krony" and model.scalars):
+            raise ConfigError("freeze.scalars", self.scalars_value if self.scalars_value is not None else self.scalars,
+                              "the model has no Kronecker scalars to freeze; set model.scalars=true on a krony model")
 
 
 @dataclass
@@ -210,15 +355,19 @@ class DistillConfig:
     """Weight of the hard-target next-token cross-entropy."""
     alpha_cos: float = 0.0
     """Weight of the cosine loss between student and teacher last hidden states (0: off)."""
+    tag: str = ""
+    """Added to run names (`-kd`)."""
 
     def __post_init__(self) -> None:
         if self.temperature <= 0:
-            raise ValueError(f"distill.temperature must be > 0, got {self.temperature}")
-        if min(self.alpha_ce, self.alpha_clm, self.alpha_cos) < 0:
-            raise ValueError("distill.alpha_ce, alpha_clm and alpha_cos must be >= 0")
+            raise ConfigError("temperature", self.temperature, "must be > 0")
+        for key in ("alpha_ce", "alpha_clm", "alpha_cos"):
+            if getattr(self, key) < 0:
+                raise ConfigError(key, getattr(self, key), "must be >= 0")
 
 
 __all__ = [
-    "DISTILGPT2_LAYERS", "INIT_METHODS", "KINDS", "LAYER_SETS", "PRESETS", "SCHEDULES",
-    "DistillConfig", "FreezeConfig", "GPTConfig", "ModelConfig", "OptimConfig",
+    "DISTILGPT2_LAYERS", "INIT_METHODS", "INIT_OPTIONS", "KINDS", "LAYER_SETS", "PRESETS", "SCHEDULES",
+    "ConfigError", "DistillConfig", "FreezeConfig", "GPTConfig", "ModelConfig", "OptimConfig",
+    "check_choice", "check_factors", "from_config", "suggest", "to_dict",
 ]

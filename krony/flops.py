@@ -1,4 +1,4 @@
-"""FLOPs of a training step and the device's peak, for MFU.
+"""FLOPs of a training step and the device's peak, for MFU (docs/performance.md).
 
 MFU = (training FLOPs per token x tokens per second) / peak FLOPs of the device. The
 FLOPs are counted by `torch.utils.flop_counter` on the meta device, so a Kronecker layer
@@ -13,7 +13,7 @@ from torch import nn
 from torch.func import functional_call
 from torch.utils.flop_counter import FlopCounterMode
 
-from krony.kronecker import KroneckerLinear
+from krony.layers import FactoredLinear
 
 
 def train_flops(model: nn.Module, batch: int, seq_len: int, backward: bool = True) -> int:
@@ -36,12 +36,12 @@ def train_flops(model: nn.Module, batch: int, seq_len: int, backward: bool = Tru
 
 
 def analytic_flops_per_token(model: nn.Module, seq_len: int) -> int:
-    """6N + 12 L d T per token: N multiply-adds per token of the weight matrices (Kronecker
+    """6N + 12 L d T per token: N multiply-adds per token of the weight matrices (factored
     layers by their chosen path, the tied head counted once as d x vocab), plus attention."""
     madds = 0
     for m in model.modules():
-        if isinstance(m, KroneckerLinear):
-            madds += m.num_multiply_adds()
+        if isinstance(m, FactoredLinear):
+            madds += m.multiply_adds()
         elif isinstance(m, nn.Linear):
             madds += m.in_features * m.out_features
     c = model.config

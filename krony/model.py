@@ -1,9 +1,10 @@
 """GPT-2 in plain PyTorch, with the Hugging Face parameter names.
 
 Module names equal the HF checkpoint's (`transformer.wte`, `transformer.h.{i}.attn.c_attn`,
-`transformer.h.{i}.mlp.c_fc`, ...), so a compressed `c_fc` is a `KroneckerLinear` at the
-same place and state-dict keys stay readable. Weights are in `nn.Linear` layout (out, in);
-HF's Conv1D weights are transposed on the way in and out (see `krony.checkpoint`).
+`transformer.h.{i}.mlp.c_fc`, ...). This file knows nothing of compression, like nanoGPT's
+`model.py`: `krony.compress` swaps factored layers (`krony.layers`) in at the same module
+names from outside, so state-dict keys stay readable. Weights are in `nn.Linear` layout
+(out, in); HF's Conv1D weights are transposed on the way in and out (see `krony.hf`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from krony.config import GPTConfig
-from krony.kronecker import fusable, kron_ffn
 
 
 class CausalSelfAttention(nn.Module):
@@ -49,8 +49,9 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    """c_fc -> GELU -> c_proj; either may be a `KroneckerLinear`. The GELU is GPT-2's "gelu_new"
-    (tanh approximation) or, with `config.activation="gelu"`, the exact erf form."""
+    """c_fc -> GELU -> c_proj. The GELU is GPT-2's "gelu_new" (tanh approximation) or, with
+    `config.activation="gelu"`, the exact erf form. Compression replaces c_fc and c_proj (and
+    may replace the MLP by a subclass that fuses them, `krony.layers.kronecker.KroneckerMLP`)."""
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
@@ -60,9 +61,7 @@ class MLP(nn.Module):
         self.act = ACTIVATIONS[config.activation]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if fusable(self.c_fc, self.c_proj):  # Kronecker pair: hidden state stays in factored layout
-            return self.dropout(kron_ffn(x, self.c_fc, self.c_proj, self.act))
-        return self.dropout(self.c_proj(self.act(self.c_fc(x))))
+        return self.dropout(self.c_proj(self.act(self.c_fc(x))))  # (B, T, C) -> (B, T, 4C) -> (B, T, C)
 
 
 def gelu(x: torch.Tensor) -> torch.Tensor:
@@ -227,12 +226,12 @@ class GPT(nn.Module):
         Dense HF GPT-2 checkpoints and krony's own compressed exports both load;
         `config_overrides` (e.g. `dropout=0.1`) replace fields of the stored config.
         """
-        from krony.checkpoint import load_model
+        from krony.hf import load_model
 
         return load_model(name_or_path, **config_overrides)
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write `model.safetensors` + `config.json`; a dense model in the HF GPT-2 layout."""
-        from krony.checkpoint import save_model
+        from krony.hf import save_model
 
         return save_model(self, directory)

@@ -22,7 +22,8 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from krony.validate import ConfigError, raise_first, sections
+from krony.config import ConfigError
+from krony.validate import raise_first, sections
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ def check_teacher(model: dict[str, Any]) -> None:
         return  # random weights
     local = Path(str(teacher)).expanduser()
     if local.exists():
-        from krony.checkpoint import check_weights
+        from krony.hf import check_weights
 
         check_weights(local)
         return
@@ -89,7 +90,7 @@ def check_eval_data(callbacks: dict[str, Any]) -> None:
     if spec.get("protocol") == "harness" or not spec.get("datasets") or spec.get("data_dir"):
         return  # lm-eval's tasks find their data themselves
     from krony import hub
-    from krony.evaluate import HUB
+    from krony.eval.data import HUB
 
     if hub.use_hub():
         return

@@ -39,10 +39,24 @@ CONF_DIR = Path(os.environ.get("KRONY_CONF", Path(__file__).resolve().parents[1]
 FAILED: list[tuple[str, str, str]] = []  # (run name, output dir, error) of this process's failed jobs
 
 
+def scheme_key(value: Any) -> str:
+    """The canonical name of a scheme for run names (`81M` and `768x768` -> `81m`); a value that is
+    no scheme passes through as typed (validation then reports it against `decomp`)."""
+    from krony.schemes import get_scheme
+
+    try:
+        return get_scheme(str(value)).key
+    except ValueError:
+        return str(value)
+
+
 def _register_resolvers() -> None:
-    """`${if:cond,a,b}` for run names; `${krony_sample:}` for the text sample shipped with krony."""
+    """`${if:cond,a,b}` and `${krony_scheme:...}` for run names; `${krony_sample:}` for the text
+    sample shipped with krony."""
     if not OmegaConf.has_resolver("if"):
         OmegaConf.register_new_resolver("if", lambda cond, a, b: a if cond else b)
+    if not OmegaConf.has_resolver("krony_scheme"):
+        OmegaConf.register_new_resolver("krony_scheme", scheme_key)
     if not OmegaConf.has_resolver("krony_sample"):
         OmegaConf.register_new_resolver("krony_sample", lambda name="openwebtext_sample.txt": sample_path(name))
 
@@ -50,27 +64,12 @@ def _register_resolvers() -> None:
 _register_resolvers()
 
 
-def _model_kwargs(cfg: DictConfig) -> dict[str, Any]:
-    model = OmegaConf.to_container(cfg.model, resolve=True)
-    model.pop("name", None)
-    return model
-
-
 def build_module(cfg: DictConfig):
-    """The LightningModule of a composed config."""
-    from krony.train.module import LanguageModelModule
+    """The LightningModule of a composed config: `cfg.module`, instantiated (its parts are the
+    `model`, `optim`, `freeze` and `distill` dataclasses their `_target_` names)."""
+    from hydra.utils import instantiate
 
-    container = lambda node: OmegaConf.to_container(node, resolve=True)  # noqa: E731
-    return LanguageModelModule(
-        model=_model_kwargs(cfg),
-        optim={k: v for k, v in container(cfg.optim).items() if k != "name"},
-        freeze={k: v for k, v in container(cfg.freeze).items() if k != "tag"},
-        distill={k: v for k, v in container(cfg.distill).items() if k != "tag"},
-        seed=cfg.seed,
-        log_scalars_every=cfg.log_scalars_every,
-        max_bad_steps=cfg.get("max_bad_steps", 10),
-        bad_step_checkpoint=str(Path(cfg.paths.output_dir) / "checkpoints" / "nonfinite-stop.ckpt"),
-    )
+    return instantiate(cfg.module)
 
 
 def train(cfg: DictConfig, ckpt_path: str | Path | None = None) -> dict[str, float]:
@@ -120,7 +119,7 @@ def train(cfg: DictConfig, ckpt_path: str | Path | None = None) -> dict[str, flo
 
 def log_disk_estimate(model, cfg: DictConfig) -> None:
     """Log the disk the run's checkpoints will take at most, and warn when the disk is short."""
-    from krony.train.checkpoint_io import checkpoint_bytes
+    from krony.train.lightning_io import checkpoint_bytes
 
     need = 0
     for c in (cfg.callbacks or {}).values():

@@ -2,12 +2,14 @@
 
 A scheme is the shape of A for `c_fc`, (m1, n1); `c_proj`, the transposed matrix, uses
 A = (n1, m1). The table below is the only place the rows are written; everything else
-(names by dims, B dims, parameter counts) is derived from it.
+(names by dims, B dims, parameter counts) is derived from it. Every scheme with its size,
+and the counting conventions: docs/method.md.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Sequence
 
 
 
@@ -127,11 +129,46 @@ def get_scheme(scheme: str | Scheme | tuple[int, int] | list[int]) -> Scheme:
     parts = key.split("x")
     if len(parts) == 2 and all(p.isdigit() and int(p) > 0 for p in parts):
         return Scheme((int(parts[0]), int(parts[1])))
+    from krony.config import suggest
+
     names = [s.name for s in NAMED if s.name]
     raise ValueError(
-        f"unknown scheme {scheme!r}; valid names: {', '.join(names)}; "
+        f"unknown scheme {scheme!r}{suggest(key, names)}: valid names: {', '.join(names)}; "
         f"or A dims of c_fc as 'm1xn1' (Table 1 rows: {', '.join(dims_key(s.a_dims) for s in TABLE1)})"
     )
 
 
-__all__ = ["NAMED", "SCHEMES", "TABLE1", "Scheme", "check_dims", "dims_key", "get_scheme"]
+def max_factors(init: str, a_dims: tuple[int, int], b_dims: tuple[int, int]) -> int | None:
+    """The most factors an init can give for A (m1, n1), B (m2, n2): prune one per entry of B
+    (m2*n2), Van Loan the rank of the rearranged matrix (min(m1*n1, m2*n2)); None: no limit."""
+    (m1, n1), (m2, n2) = a_dims, b_dims
+    return {"prune": m2 * n2, "vanloan": min(m1 * n1, m2 * n2)}.get(init)
+
+
+def check_init(init: str, a_dims: tuple[int, int], b_dims: tuple[int, int], factors: int,
+               options: dict[str, Any] | None = None, what: str = "matrix") -> None:
+    """ValueError when `init` cannot give `factors` factors for these dims, or prune's offsets
+    do not fit B: the rules the inits apply, checked before any weight is read."""
+    limit = max_factors(init, a_dims, b_dims)
+    if limit is not None and factors > limit:
+        bound = "m2*n2" if init == "prune" else "min(m1*n1, m2*n2)"
+        raise ValueError(f"{init} init gives at most {bound} = {limit} factors for A {tuple(a_dims)}, "
+                         f"B {tuple(b_dims)} of {what}; got factors={factors}")
+    offsets = (options or {}).get("offsets") if init == "prune" else None
+    if offsets is not None:
+        check_offsets(offsets, factors, b_dims, what)
+
+
+def check_offsets(offsets: Sequence[Sequence[int]], factors: int, b_dims: tuple[int, int], what: str = "matrix") -> None:
+    """ValueError unless `offsets` are `factors` distinct (p, q) positions inside B (m2, n2)."""
+    m2, n2 = b_dims
+    offs = [tuple(int(v) for v in o) for o in offsets]
+    if len(offs) != factors or len(set(offs)) != factors:
+        raise ValueError(f"prune needs {factors} distinct offsets (p, q), one per factor; got {offs}")
+    for p, q in offs:
+        if not (0 <= p < m2 and 0 <= q < n2):
+            raise ValueError(f"prune offset ({p}, {q}) is outside B ({m2}, {n2}) of {what}: need 0 <= p < {m2}, 0 <= q < {n2}")
+
+
+__all__ = ["NAMED", "SCHEMES", "TABLE1", "Scheme", "check_dims", "check_init", "check_offsets", "dims_key", "get_scheme",
+           "max_factors"]

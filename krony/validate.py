@@ -1,18 +1,22 @@
 """Checks of a composed run config before any model is built or data is read.
 
-Each problem is one line naming the config key, the bad value and what would be valid, so a
-sweep of days does not die an hour in on a typo. `validate(cfg)` raises `ConfigError` with
-the first problem found; `problems(cfg)` lists them all. Nothing here imports torch or
-Lightning, so a bad config is reported within a second or two of the command; the checks
-that need the machine, the hub or torch come next, in `krony.preflight`.
+Single values are checked where they are defined: the config dataclasses of `krony.config`
+(`model`, `optim`, `freeze`, `distill`, built here from their nodes with `from_config`, so a
+wrong key, type or value names its key) and `krony.data.sources.check_data`. What is left here
+is what needs two places at once or the machine's files: the scheme's dims against the
+teacher's matrices, the init's limits for those dims, the blocks against the teacher's depth,
+the context against its positions, frozen scalars against the model, files that must exist,
+and the evaluation after training. Each problem is one line naming the key, the bad value and
+what would be valid. `validate(cfg)` raises `ConfigError` with the first problem found;
+`problems(cfg)` lists them all. Nothing here imports torch or Lightning, so a bad config is
+reported within a second or two of the command; the checks that need the GPU or the hub come
+next, in `krony.preflight`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
-from dataclasses import fields
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,25 +25,18 @@ from omegaconf import DictConfig, OmegaConf
 from krony.config import (
     EVAL_DATASETS,
     EVAL_PROTOCOLS,
-    INIT_METHODS,
-    KINDS,
-    LAYER_SETS,
-    SCHEDULES,
-    FreezeConfig,
+    ConfigError,
     GPTConfig,
     ModelConfig,
+    check_choice,
+    from_config,
 )
 from krony.hub import WEIGHT_FILES, looks_like_path
 
 log = logging.getLogger("krony.validate")
 
-
-class ConfigError(ValueError):
-    """A config value that cannot work: `key`, `value` and a one-line `hint` of what is valid."""
-
-    def __init__(self, key: str, value: Any, hint: str) -> None:
-        self.key, self.value, self.hint = key, value, hint
-        super().__init__(f"{key}={value!r}: {hint}")
+TYPED = ("model", "optim", "freeze", "distill")
+"""Run-config nodes whose `_target_` is a config dataclass of `krony.config`."""
 
 
 def _dims_of_hf_config(path: Path) -> dict[str, int]:
@@ -93,84 +90,34 @@ def _check_teacher(model: dict[str, Any]) -> None:
                           "a weights file or a hub name such as gpt2")
 
 
-def _check_layers(layers: Any, n_layer: int | None) -> None:
-    hint = f"give {', '.join(LAYER_SETS)} or a list of block indices such as [0, 2, 4]"
-    if isinstance(layers, str):
-        if layers not in LAYER_SETS:
-            raise ConfigError("model.layers", layers, hint)
-        return
-    if not isinstance(layers, (list, tuple)) or not layers or not all(isinstance(i, int) and not isinstance(i, bool) for i in layers):
-        raise ConfigError("model.layers", layers, hint)
-    if n_layer is not None and not all(0 <= i < n_layer for i in layers):
-        raise ConfigError("model.layers", list(layers), f"block indices must be 0 to {n_layer - 1}: the teacher has {n_layer} blocks")
+def _check_model(model: ModelConfig, context: Any) -> None:
+    """The model against its teacher: context, blocks, the scheme's dims and the init's limits."""
+    from krony.schemes import check_init, get_scheme
 
-
-def _check_model(model: dict[str, Any], context: Any) -> None:
-    from krony.schemes import get_scheme
-
-    known = {f.name for f in fields(ModelConfig)}
-    for key in model:
-        if key not in known:
-            raise ConfigError(f"model.{key}", model[key], f"unknown key; valid keys: {', '.join(sorted(known))}")
-    kind = model.get("kind", "krony")
-    if kind not in KINDS:
-        raise ConfigError("model.kind", kind, f"valid choices: {', '.join(KINDS)}")
     if not isinstance(context, int) or isinstance(context, bool):
         raise ConfigError("context", context, "sequence length must be an integer, e.g. 1024")
-    _check_teacher(model)
-    if kind == "krony":  # the checks that need no teacher sizes first
-        try:
-            scheme = get_scheme(model.get("scheme", "81m"))
-        except ValueError as e:
-            raise ConfigError("decomp.name", model.get("scheme"), str(e).split("; ", 1)[-1]) from None
-        init = model.get("init", "vanloan")
-        if init not in INIT_METHODS:
-            raise ConfigError("init.method", init, f"valid choices: {', '.join(INIT_METHODS)}")
-        factors = model.get("factors", 1)
-        if not isinstance(factors, int) or isinstance(factors, bool) or factors < 1:
-            raise ConfigError("model.factors", factors, "the number of Kronecker factors must be an integer >= 1")
-        if isinstance(model.get("layers", "all"), str):
-            _check_layers(model.get("layers", "all"), None)
-    dims = _teacher_dims(model)
+    _check_teacher({"teacher": model.teacher})
+    dims = _teacher_dims({"teacher": model.teacher, "teacher_config": model.teacher_config})
     if context < 1 or (dims and context > dims["block_size"]):
         limit = f"1 to {dims['block_size']}, the teacher's context" if dims else ">= 1"
         raise ConfigError("context", context, f"sequence length must be {limit}")
-    if kind != "krony":
+    if model.kind != "krony" or dims is None:
         return
-    _check_layers(model.get("layers", "all"), dims["n_layer"] if dims else None)
-    if dims is None:
-        return
+    if not isinstance(model.layers, str) and not all(i < dims["n_layer"] for i in model.layers):
+        raise ConfigError("model.layers", list(model.layers),
+                          f"block indices must be 0 to {dims['n_layer'] - 1}: the teacher has {dims['n_layer']} blocks")
+    scheme = get_scheme(model.scheme)
     for module in ("c_fc", "c_proj"):
         try:
-            m2, n2 = scheme.b_dims_for(module, dims["n_embd"], dims["n_inner"])
+            b_dims = scheme.b_dims_for(module, dims["n_embd"], dims["n_inner"])
         except ValueError as e:
-            raise ConfigError("decomp.name", model.get("scheme"), f"{module}: {e}") from None
-        if init == "prune":
-            _check_prune(model, module, m2, n2, factors)
-
-
-def _check_prune(model: dict[str, Any], module: str, m2: int, n2: int, factors: int) -> None:
-    offsets = dict(model.get("init_options") or {}).get("offsets")
-    if factors > m2 * n2:
-        raise ConfigError("model.factors", factors, f"prune init gives at most m2*n2 = {m2 * n2} factors "
-                          f"for B ({m2}, {n2}) of {module}; use init=vanloan or fewer factors")
-    if offsets is None:
-        return
-    if len(offsets) != factors or len({tuple(o) for o in offsets}) != factors:
-        raise ConfigError("init.options.offsets", offsets, f"need {factors} distinct (p, q) pairs, one per factor")
-    for p, q in offsets:
-        if not (0 <= p < m2 and 0 <= q < n2):
-            raise ConfigError("init.options.offsets", offsets, f"({p}, {q}) is outside B ({m2}, {n2}) of "
-                              f"{module}: need 0 <= p < {m2}, 0 <= q < {n2}")
-
-
-def _check_optim(optim: dict[str, Any]) -> None:
-    for key in ("lr", "min_lr"):
-        value = optim.get(key)
-        if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-            raise ConfigError(f"optim.{key}", value, "the learning rate must be a finite number > 0, e.g. 6e-5")
-    if optim.get("schedule", "constant") not in SCHEDULES:
-        raise ConfigError("optim.schedule", optim.get("schedule"), f"valid choices: {', '.join(SCHEDULES)}")
+            raise ConfigError("decomp", model.scheme, f"{module}: {e}") from None
+        try:
+            check_init(model.init, scheme.a_dims_for(module), b_dims, model.factors, model.init_options, module)
+        except ValueError as e:
+            key = "init.options.offsets" if "offset" in str(e) else "model.factors"
+            value = model.init_options.get("offsets") if key.startswith("init") else model.factors
+            raise ConfigError(key, value, f"{e}; use another init, fewer factors or other offsets") from None
 
 
 def _check_trainer(trainer: dict[str, Any], optim: dict[str, Any]) -> None:
@@ -181,29 +128,13 @@ def _check_trainer(trainer: dict[str, Any], optim: dict[str, Any]) -> None:
                           "false), or trainer.gradient_clip_val=0")
 
 
-def _check_freeze(freeze: dict[str, Any], model: dict[str, Any]) -> None:
-    known = [f.name for f in fields(FreezeConfig)]
-    for key, value in freeze.items():
-        if key not in known:
-            raise ConfigError(f"freeze.{key}", value, f"no such part to freeze; valid parts: {', '.join(known)}")
-    if (freeze.get("scalars") or freeze.get("scalars_value") is not None) and not (
-        model.get("kind", "krony") == "krony" and model.get("scalars")
-    ):
-        raise ConfigError("freeze.scalars", freeze.get("scalars_value") or freeze.get("scalars"),
-                          "the model has no Kronecker scalars to freeze; set model.scalars=true on a krony model")
-
-
 def _check_data(data: dict[str, Any]) -> None:
-    from krony.data.sources import LOCAL_BUILDERS, MODES, TextSource
+    """The data module's arguments (`check_data`), and the files a local source or memmap needs."""
+    from krony.data.sources import LOCAL_BUILDERS, TextSource, check_data
 
-    mode = data.get("mode", "stream")
-    if mode not in MODES:
-        raise ConfigError("data.mode", mode, f"valid choices: {', '.join(MODES)}")
-    for key, low in (("batch_size", 1), ("block_size", 1), ("num_workers", 0)):
-        value = data.get(key, low)
-        if not isinstance(value, int) or isinstance(value, bool) or value < low:
-            raise ConfigError(f"data.{key}", value, f"must be an integer >= {low}")
-    if mode == "memmap":
+    check_data(**{k: data.get(k) for k in ("mode", "memmap_dir", "source", "block_size", "batch_size", "num_workers")
+                  if k in data})
+    if data.get("mode", "stream") == "memmap":
         directory = Path(str(data.get("memmap_dir"))).expanduser()
         if not (directory / "train.bin").exists():
             raise ConfigError("data.memmap_dir", str(directory), "no train.bin there; run "
@@ -221,8 +152,7 @@ def _check_eval(callbacks: dict[str, Any]) -> None:
     """The evaluation after training: a known protocol, its datasets, and lm-eval installed for the harness."""
     spec = callbacks.get("eval") or {}
     protocol = spec.get("protocol", "paper")
-    if protocol not in EVAL_PROTOCOLS:
-        raise ConfigError("callbacks.eval.protocol", protocol, f"valid choices: {', '.join(EVAL_PROTOCOLS)}")
+    check_choice("callbacks.eval.protocol", protocol, EVAL_PROTOCOLS)
     if protocol == "harness":
         import importlib.util
 
@@ -243,41 +173,63 @@ def _check_ckpt(ckpt_path: str | None) -> None:
 
 
 def sections(cfg: DictConfig) -> dict[str, Any]:
-    """The parts of a composed run config the checks read, resolved to plain containers."""
+    """The parts of a composed run config the checks read, resolved to plain containers; the
+    typed nodes (`TYPED`) also built as their dataclasses, under "<name>_cfg" (a `ConfigError`
+    there instead when one does not build)."""
     container = OmegaConf.to_container(cfg, resolve=True)
-    part = lambda name, drop: {k: v for k, v in (container.get(name) or {}).items() if k != drop}  # noqa: E731
-    return {
-        "model": part("model", "name"),
-        "optim": part("optim", "name"),
-        "freeze": part("freeze", "tag"),
-        "data": part("data", "_target_"),
-        "trainer": part("trainer", "_target_"),
-        "callbacks": container.get("callbacks") or {},
-        "context": container.get("context", 1024),
-        "ckpt_path": container.get("ckpt_path"),
-    }
+    part = lambda name: {k: v for k, v in (container.get(name) or {}).items() if k != "_target_"}  # noqa: E731
+    out: dict[str, Any] = {name: part(name) for name in ("model", "optim", "freeze", "distill", "data", "trainer")}
+    out.update(callbacks=container.get("callbacks") or {}, context=container.get("context", 1024),
+               ckpt_path=container.get("ckpt_path"))
+    for name in TYPED:
+        out[f"{name}_cfg"] = _typed(cfg, container, name)
+    return out
+
+
+def _typed(cfg: DictConfig, container: dict[str, Any], name: str) -> Any:
+    """The node `name` built as the dataclass its `_target_` names, or the `ConfigError` that stopped it."""
+    from hydra.utils import get_class
+
+    node = container.get(name) or {}
+    try:
+        cls = get_class(node.get("_target_", f"krony.config.{name.capitalize()}Config"))
+        raw = OmegaConf.to_container(cfg[name], resolve=False)
+        return from_config(cls, node, name, raw)
+    except ConfigError as e:
+        return e
+
+
+def _built(parts: dict[str, Any], name: str) -> Any:
+    """A typed section, raising its `ConfigError` when it did not build."""
+    value = parts[f"{name}_cfg"]
+    if isinstance(value, ConfigError):
+        raise value
+    return value
 
 
 CHECKS: list[Callable[[dict[str, Any]], None]] = [
     lambda s: _check_ckpt(s["ckpt_path"]),
-    lambda s: _check_model(s["model"], s["context"]),
-    lambda s: _check_optim(s["optim"]),
+    lambda s: _check_model(_built(s, "model"), s["context"]),
+    lambda s: _built(s, "optim"),
     lambda s: _check_trainer(s["trainer"], s["optim"]),
-    lambda s: _check_freeze(s["freeze"], s["model"]),
+    lambda s: _built(s, "freeze").check_model(_built(s, "model")),
+    lambda s: _built(s, "distill"),
     lambda s: _check_data(s["data"]),
     lambda s: _check_eval(s["callbacks"]),
 ]
 
 
 def problems(cfg: DictConfig) -> list[ConfigError]:
-    """Every check's first problem (one per area: checkpoint, model, optim, trainer, freeze, data, evaluation)."""
+    """Every check's first problem (one per area: checkpoint, model, optim, trainer, freeze,
+    distill, data, evaluation), each reported once."""
     parts = sections(cfg)
-    found = []
+    found: list[ConfigError] = []
     for check in CHECKS:
         try:
             check(parts)
         except ConfigError as e:
-            found.append(e)
+            if all(str(e) != str(f) for f in found):  # the model's error again under freeze
+                found.append(e)
     return found
 
 

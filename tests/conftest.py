@@ -1,7 +1,14 @@
-"""Shared fixtures. Tests never touch the network: the hub libraries are forced offline
-before anything imports them, so an accidental download fails at once."""
+"""Shared fixtures and helpers. Tests never touch the network: the hub libraries are forced
+offline before anything imports them, so an accidental download fails at once.
+
+Helpers the test modules import (`from conftest import ...`): `make_cfg` composes a run config
+as `python -m krony.run` would (with experiment=smoke), `krony_run` runs that command in a
+subprocess, offline."""
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
@@ -9,8 +16,34 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+from hydra.core.global_hydra import GlobalHydra  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from omegaconf import open_dict  # noqa: E402
 
 from krony import GPT, GPTConfig  # noqa: E402
+from krony.run import CONF_DIR  # noqa: E402  (also registers the config resolvers)
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+"""The environment of `krony_run`'s subprocesses: offline, unbuffered."""
+
+
+def krony_run(args: list[str], cwd: Path, env: dict[str, str] = ENV, timeout: int = 900) -> subprocess.CompletedProcess:
+    """`python -m krony.run *args` in `cwd`, output captured."""
+    return subprocess.run([sys.executable, "-m", "krony.run", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def make_cfg(tmp_path: Path, overrides: list[str]):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("run", overrides=["experiment=smoke", f"paths.root_dir={tmp_path}", *overrides], return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(tmp_path / "out")
+        cfg.hydra.job.num = 0
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
 
 
 @pytest.fixture

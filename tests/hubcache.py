@@ -72,7 +72,7 @@ def hub_gpt2_files(config: dict, seed: int = 0) -> dict[str, bytes]:
     from safetensors.torch import save
 
     from krony import GPT, GPTConfig
-    from krony.checkpoint import to_hf_state_dict
+    from krony.hf import to_hf_state_dict
 
     torch.manual_seed(seed)
     n_pos = config["n_positions"]

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from krony import GPT, GPTConfig, KroneckerLinear, compress, kronecker_layers
-from krony.kronecker import PATHS
+from krony.layers.kronecker import PATHS
 from krony.schemes import NAMED
 
 # GPT-2 small width (d=768, FFN 3072), one block; a small vocabulary keeps the head cheap

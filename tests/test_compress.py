@@ -4,9 +4,11 @@ import json
 
 import pytest
 import torch
+from torch import nn
 
-from krony import GPT, KroneckerLinear, compress, count_params, decompress, kronecker_layers
-from krony.checkpoint import kronecker_spec
+from krony import STRUCTURES, GPT, GPTConfig, KroneckerLinear, compress, count_params, decompress, kronecker_layers
+from krony.hf import layers_spec
+from krony.model import MLP
 
 # tiny_config: c_fc is (256, 64). A (128, 32) -> B (2, 2): 4 factors span every (m2, n2) slot.
 A_DIMS = (128, 32)
@@ -62,11 +64,39 @@ def test_compressed_model_round_trips_through_save_pretrained(tiny_model, tokens
     tiny_model.save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["model_type"] == "krony_gpt2"  # transformers must not mistake it for dense GPT-2
-    assert set(config["krony_kronecker"]) == {"transformer.h.1.mlp.c_fc", "transformer.h.1.mlp.c_proj"}
+    assert set(config["krony_layers"]) == {"transformer.h.1.mlp.c_fc", "transformer.h.1.mlp.c_proj"}
     again = GPT.from_pretrained(tmp_path).eval()
-    assert kronecker_spec(again) == kronecker_spec(tiny_model)
+    assert layers_spec(again) == layers_spec(tiny_model)
     assert count_params(again) == count_params(tiny_model)
     torch.testing.assert_close(again(tokens)[0], tiny_model(tokens)[0], atol=0, rtol=0)
+    assert type(again.transformer.h[1].mlp).__name__ == "KroneckerMLP" and type(again.transformer.h[0].mlp) is MLP
+
+
+@torch.no_grad()
+def test_exports_written_before_krony_layers_still_load(tiny_model, tokens, tmp_path):
+    compress(tiny_model, A_DIMS, init="vanloan", factors=2)
+    tiny_model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["krony_kronecker"] = {name: {k: v for k, v in spec.items() if k != "structure"}
+                                 for name, spec in config.pop("krony_layers").items()}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    torch.testing.assert_close(GPT.from_pretrained(tmp_path).eval()(tokens)[0], tiny_model(tokens)[0], atol=0, rtol=0)
+
+
+def test_the_structure_interface_of_the_kronecker_layer():
+    torch.manual_seed(0)
+    dense = nn.Linear(64, 256)
+    A, B = torch.randn(3, 32, 16), torch.randn(3, 8, 4)
+    W = sum(torch.kron(a, b) for a, b in zip(A, B))  # exactly 3 Kronecker products
+    layer = STRUCTURES["kronecker"].for_matrix(dense, (32, 16), "c_fc", factors=3)
+    layer.init_from(W, "vanloan")
+    torch.testing.assert_close(layer.to_dense(), W, atol=1e-4, rtol=1e-4)
+    assert layer.num_params() == 3 * (32 * 16 + 8 * 4) + 256
+    assert type(layer)(**layer.spec()).A.shape == layer.A.shape
+    x = torch.randn(5, 64)
+    torch.testing.assert_close(layer.to_linear()(x), layer(x), atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="unknown structure 'monarch'; valid choices: kronecker"):
+        compress(GPT(GPTConfig(block_size=8, vocab_size=11, n_layer=1, n_head=2, n_embd=64)), "32x16", structure="monarch")
 
 
 def test_normalisation_lands_in_scalars_or_in_a(tiny_model):

@@ -1,17 +1,12 @@
 """Compose every option of every config group and instantiate what it describes."""
 
 import re
-from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import open_dict
 
-import krony.run  # noqa: F401  (registers the resolvers)
+from conftest import make_cfg
 from krony import NAMED, get_scheme, model_size
 from krony.run import CONF_DIR, build_module
 
@@ -22,20 +17,8 @@ def options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
-def make_cfg(tmp_path: Path, overrides: list[str]):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose("run", overrides=["experiment=smoke", f"paths.root_dir={tmp_path}", *overrides], return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(tmp_path / "out")
-        cfg.hydra.job.num = 0
-    HydraConfig.instance().set_config(cfg)
-    return cfg
-
-
 # options that need a value the smoke experiment does not give
 EXTRA = {
-    ("decomp", "custom"): ["decomp.name=32x16"],
     ("model", "distilgpt2"): ["model.student_layers=[0,1]"],
     ("model", "distilgpt2_ce"): ["model.student_layers=[0,1]"],
     ("freeze", "scalars"): ["model.scalars=true"],
@@ -46,21 +29,20 @@ EXTRA = {
 
 
 def test_every_group_has_options():
-    assert set(GROUPS) >= {"decomp", "init", "freeze", "distill", "model", "optim", "data", "trainer", "logger",
+    assert set(GROUPS) >= {"init", "freeze", "distill", "model", "optim", "data", "trainer", "logger",
                            "callbacks", "paths", "experiment"}
     for group in GROUPS:
         assert options(group), group
 
 
-def test_decomp_group_mirrors_the_scheme_table(tmp_path):
-    assert set(options("decomp")) == {s.key for s in NAMED} | {"custom"}
-    for key in options("decomp"):
-        if key == "custom":
-            continue
-        cfg = make_cfg(tmp_path, [f"decomp={key}"])
-        assert get_scheme(cfg.model.scheme) is get_scheme(key)
-        assert cfg.run_name == f"{key}-vanloan-r1"
-    assert model_size(make_cfg(tmp_path, ["decomp=custom", "decomp.name=32x16"]).model.scheme) > 0
+def test_decomp_takes_any_scheme_by_name_or_dims(tmp_path):
+    for scheme in NAMED:
+        for typed in {scheme.key, scheme.key.upper(), f"{scheme.a_dims[0]}x{scheme.a_dims[1]}"}:
+            cfg = make_cfg(tmp_path, [f"decomp={typed}"])
+            assert get_scheme(cfg.model.scheme) is get_scheme(scheme.key)
+            assert cfg.run_name == f"{scheme.key}-vanloan-r1"  # the canonical name, whatever was typed
+    cfg = make_cfg(tmp_path, ["decomp=32x16"])  # dims outside every table
+    assert cfg.run_name == "32x16-vanloan-r1" and model_size(cfg.model.scheme) > 0
 
 
 @pytest.mark.parametrize("group", ["init", "freeze", "distill", "model", "optim", "code"])

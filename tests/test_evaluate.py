@@ -9,17 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from krony import GPT, GPTConfig
-from krony.eval import main as eval_main
-from krony.evaluate import (
-    _spans,
-    file_sha256,
-    lambada_rows_from_file,
-    load_rows,
-    paper_text,
-    perplexity,
-    token_ids,
-    wikitext_rows_from_file,
-)
+from krony.eval.__main__ import main as eval_main
+from krony.eval.data import file_sha256, lambada_rows_from_file, load_rows, paper_text, token_ids, wikitext_rows_from_file
+from krony.eval.protocols import _spans, perplexity
 from krony.tokenizer import gpt2_encoding
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -1,7 +1,6 @@
 """Fail fast, in one line, before any heavy work: a bad config, a missing GPU, an unreachable hub,
 a dataset that is not cached, damaged checkpoints and weights, bad data files. And `--help`."""
 
-import os
 import socket
 import subprocess
 import sys
@@ -11,18 +10,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_configs import make_cfg
+from conftest import ENV, make_cfg
+from conftest import krony_run as run_command
 
 from krony.fileio import InvalidFile, torch_load
 from krony.validate import ConfigError, validate
 
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-
-
 def krony_run(args, cwd, env=ENV, timeout=300):
+    """The command's output and the seconds it took."""
     t0 = time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "krony.run", *args], cwd=cwd, env=env, capture_output=True,
-                         text=True, timeout=timeout)
+    out = run_command(args, cwd, env, timeout)
     return out, time.perf_counter() - t0
 
 
@@ -116,7 +113,7 @@ def saved_tiny_teacher(directory: Path) -> Path:
 def test_a_hub_dataset_that_is_not_cached_is_one_line_from_the_main_process(tmp_path):
     teacher = saved_tiny_teacher(tmp_path / "teacher")
     env = {**ENV, "HF_HOME": str(tmp_path / "hf")}
-    out, seconds = krony_run(["trainer=cpu", f"model.teacher={teacher}", "decomp=custom", "decomp.name=64x16", "context=32"],
+    out, seconds = krony_run(["trainer=cpu", f"model.teacher={teacher}", "decomp=64x16", "context=32"],
                              tmp_path, env=env)
     line = failure_line(out)
     assert "data.source.path='Skylion007/openwebtext': hub dataset 'Skylion007/openwebtext' at revision 79d93d7" in line
@@ -136,8 +133,7 @@ def test_a_damaged_checkpoint_is_named_and_never_unpickled(tmp_path):
 @pytest.mark.slow
 def test_a_damaged_checkpoint_found_by_resume_is_named_with_the_way_out(tmp_path):
     run_dir = tmp_path / "fixed"
-    args = ["experiment=smoke", "+model.teacher_config.n_embd=128", "+model.teacher_config.n_head=2", "decomp=custom",
-            "decomp.name=64x32", "trainer.max_steps=1", "trainer.val_check_interval=1", "trainer.limit_val_batches=1",
+    args = ["experiment=smoke", "+model.teacher_config.n_embd=128", "+model.teacher_config.n_head=2", "decomp=64x32", "trainer.max_steps=1", "trainer.val_check_interval=1", "trainer.limit_val_batches=1",
             f"hydra.run.dir={run_dir}"]
     out, _ = krony_run(args, tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]

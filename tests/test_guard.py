@@ -5,7 +5,9 @@ import torch
 
 import krony.train.module as module_mod
 from krony.run import train
-from test_configs import make_cfg
+from conftest import make_cfg
+
+pytestmark = pytest.mark.slow  # every test here trains
 
 
 class NanGrad(torch.autograd.Function):
@@ -85,7 +87,7 @@ def test_checkpoint_of_another_scheme_is_refused_with_both_shapes(tmp_path):
     assert ckpt.exists()
     # the disk estimate logged at start is within 2% of what a checkpoint really takes
     from krony.run import build_module
-    from krony.train.checkpoint_io import checkpoint_bytes
+    from krony.train.lightning_io import checkpoint_bytes
 
     estimate = checkpoint_bytes(build_module(cfg).student)
     assert abs(estimate - ckpt.stat().st_size) / ckpt.stat().st_size < 0.02

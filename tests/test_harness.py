@@ -21,8 +21,8 @@ from lm_eval.api.instance import Instance
 from lm_eval.tasks import TaskManager
 
 from krony import GPT, GPTConfig, compress, decompress
-from krony.eval import main as eval_main
-from krony.harness import TASKS_DIR, KronyLM, wikitext_pages
+from krony.eval.__main__ import main as eval_main
+from krony.eval.harness import TASKS_DIR, KronyLM, wikitext_pages
 from krony.tokenizer import gpt2_encoding
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -94,11 +94,11 @@ def test_harness_on_a_factored_model_equals_its_dense_form(tmp_path):
 @needs_data
 @pytest.mark.slow
 def test_lm_evals_own_command_line_runs_the_krony_model(tmp_path):
-    """`python -m krony.harness` is lm-eval's command line with "krony" registered."""
+    """`python -m krony.eval.harness` is lm-eval's command line with "krony" registered."""
     model = compress(tiny(2), "16x8", init="random")
     model.save_pretrained(tmp_path / "kron")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "krony.harness", "run", "--model", "krony", "--model_args",
+    cmd = [sys.executable, "-m", "krony.eval.harness", "run", "--model", "krony", "--model_args",
            f"pretrained={tmp_path / 'kron'}", "--batch_size", "4", "--tasks", ",".join(TASKS), "--data_dir", str(DATA),
            "--limit", str(LIMIT), "--device", "cpu", "--output_path", str(tmp_path / "cli")]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)

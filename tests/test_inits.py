@@ -5,7 +5,7 @@ import torch
 from einops import rearrange
 
 from krony import kron_weight, prune, random_factors, vanloan
-from krony.inits import INITS, get_init
+from krony.layers.kronecker_init import INITS, get_init
 
 M1, N1, M2, N2 = 6, 4, 3, 5
 

@@ -48,7 +48,7 @@ def test_identical_logits_have_zero_kl():
 
 
 def test_bad_settings():
-    with pytest.raises(ValueError, match="temperature must be > 0"):
+    with pytest.raises(ValueError, match="temperature=0: must be > 0"):
         DistillConfig(temperature=0)
     with pytest.raises(ValueError, match="needs the hidden states"):
         distillation_loss(DistillConfig(alpha_cos=1.0), torch.randn(1, 2, 3), torch.randn(1, 2, 3), torch.zeros(1, 2, dtype=torch.long))

@@ -9,7 +9,7 @@ from safetensors.torch import save, save_file
 
 from hubcache import put_repo
 from krony import GPT, GPTConfig
-from krony.checkpoint import from_hf_state_dict, load_state_dict_checked, to_hf_state_dict
+from krony.hf import from_hf_state_dict, load_state_dict_checked, to_hf_state_dict
 
 transformers = pytest.importorskip("transformers")
 
@@ -58,7 +58,7 @@ def test_exact_gelu_matches_hfs_gelu_and_round_trips(tiny_model, tokens, tmp_pat
     reloaded = GPT.from_pretrained(tmp_path).eval()
     assert reloaded.config.activation == "gelu"
     torch.testing.assert_close(reloaded(tokens)[0], erf_logits)
-    with pytest.raises(ValueError, match="activation must be one of gelu_new, gelu"):
+    with pytest.raises(ValueError, match="activation=.relu.: valid choices: gelu_new, gelu"):
         GPTConfig(activation="relu")
 
 
@@ -230,7 +230,7 @@ def test_sampling_is_seeded_and_top_k_restricts(tiny_model, tokens):
 
 def test_compressed_generation_and_fused_mlp(tiny_model, tokens):
     from krony import compress
-    from krony.kronecker import fusable
+    from krony.layers.kronecker import fusable
 
     model = compress(tiny_model, "16x8", init="vanloan")
     assert all(fusable(b.mlp.c_fc, b.mlp.c_proj) for b in model.transformer.h)

@@ -25,7 +25,7 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONU
 # a narrow smoke run (d=256, so a checkpoint takes a visible moment to write), 2 dataloader workers,
 # a checkpoint every 2 steps, 10 steps
 BASE = ["experiment=smoke", "+model.teacher_config.n_embd=256", "+model.teacher_config.n_head=4",
-        "decomp=custom", "decomp.name=64x32", "init=random", "data.num_workers=2",
+        "decomp=64x32", "init=random", "data.num_workers=2",  # 64x32 is 67m: runs are named 67m-...
         "callbacks.checkpoint_last.every_n_train_steps=2", "trainer.enable_progress_bar=false"]
 ARGS = BASE + ["trainer.max_steps=10", "trainer.val_check_interval=5"]
 
@@ -168,9 +168,9 @@ def test_multirun_again_skips_finished_jobs_and_resumes_the_interrupted_one(tmp_
     run_and_kill(tmp_path, second, sweep)
     run(tmp_path, sweep)
     first_sweep, second_sweep = sorted((tmp_path / "logs" / "sweeps").iterdir())
-    assert (second_sweep / "64x32-random-r1" / "skipped.txt").exists()
-    assert (second_sweep / "64x32-random-r2" / "resumed.txt").exists()
-    for job in ("64x32-random-r1", "64x32-random-r2"):
+    assert (second_sweep / "67m-random-r1" / "skipped.txt").exists()
+    assert (second_sweep / "67m-random-r2" / "resumed.txt").exists()
+    for job in ("67m-random-r1", "67m-random-r2"):
         status = json.loads((first_sweep / job / "job.json").read_text())
         assert status["status"] == "finished"
         assert torch.load(latest_checkpoint(first_sweep / job), weights_only=True)["global_step"] == 6
@@ -288,8 +288,7 @@ def test_fixed_run_dir_killed_continues_in_place(tmp_path, reference):
 # ------------------------------------------------------------------ identity: the resolved config
 
 
-SHORT = ["experiment=smoke", "+model.teacher_config.n_embd=128", "+model.teacher_config.n_head=2", "decomp=custom",
-         "decomp.name=64x32", "init=random", "data.num_workers=0", "trainer.max_steps=1", "trainer.val_check_interval=1",
+SHORT = ["experiment=smoke", "+model.teacher_config.n_embd=128", "+model.teacher_config.n_head=2", "decomp=64x32", "init=random", "data.num_workers=0", "trainer.max_steps=1", "trainer.val_check_interval=1",
          "trainer.limit_val_batches=1", "trainer.enable_progress_bar=false"]
 
 

@@ -123,10 +123,17 @@ def test_odd_layers_only():
 
 
 def test_unknown_scheme_lists_the_names():
-    with pytest.raises(ValueError, match=r"unknown scheme '80m'; valid names: 67m, mf1, mf2, 81m, 81m_alt, 96m, gpt2, 95m"):
+    with pytest.raises(ValueError, match=r"unknown scheme '80m' \(did you mean 81m\?\): valid names: 67m, mf1, mf2, 81m, 81m_alt, 96m, gpt2, 95m"):
         get_scheme("80m")
     with pytest.raises(ValueError, match="two positive integers"):
         get_scheme((0, 3))
+
+
+def test_scheme_names_and_dims_are_case_insensitive():
+    assert get_scheme("81M") is get_scheme("81m") is get_scheme("768X768")
+    assert get_scheme(" 128x64 ").a_dims == (128, 64)
+    with pytest.raises(ValueError, match=r"did you mean 81m_alt\?"):
+        get_scheme("81M_ALR")
 
 
 def test_dims_that_do_not_divide():

@@ -16,11 +16,11 @@ python -m krony.run experiment=mini model=gpt2 model.teacher=null \
 export KRONY_MINI_TEACHER="$root/teacher/export"
 
 # 2. compress (A dims of c_fc (512, 128): 32x16 ~ "67m", 128x64 ~ "81m", 256x128 ~ "96m") and fine-tune
-python -m krony.run -m experiment=mini decomp=custom decomp.name=32x16,128x64,256x128 init=vanloan,prune,random \
+python -m krony.run -m experiment=mini decomp=32x16,128x64,256x128 init=vanloan,prune,random \
     hydra.sweep.dir="$root/sweep"
 # 3. ablations on 128x64: adaptive normalisation; 2 factors with and without scalars
-python -m krony.run -m experiment=mini decomp=custom decomp.name=128x64 init=vanloan_norm hydra.sweep.dir="$root/sweep"
-python -m krony.run -m experiment=mini decomp=custom decomp.name=128x64 model.factors=2 model.scalars=true,false \
+python -m krony.run -m experiment=mini decomp=128x64 init=vanloan_norm hydra.sweep.dir="$root/sweep"
+python -m krony.run -m experiment=mini decomp=128x64 model.factors=2 model.scalars=true,false \
     hydra.sweep.dir="$root/sweep"
 
 # 4. the report (committed under experiments/mini/report)

@@ -9,7 +9,7 @@ import torch
 
 from krony.compression import compress
 from krony.config import GPTConfig
-from krony.inits import rearranged
+from krony.layers.kronecker_init import rearranged
 from krony.model import GPT
 from krony.schemes import get_scheme
 

@@ -8,12 +8,9 @@ from pathlib import Path
 
 import torch
 
-from krony.data.__main__ import throughput as stream_throughput
 from krony.data.memmap import MemmapBlocks, prepare
-from krony.data.sources import TextSource
-
-SAMPLE = Path(__file__).resolve().parents[1] / "data" / "samples" / "openwebtext_sample.txt"
-"""The shipped OpenWebText sample: the default text for the data benchmark."""
+from krony.data.sources import TextSource, sample_path
+from krony.data.stream import stream_throughput
 
 
 def memmap_throughput(directory: str | Path, block_size: int = 1024, workers: int = 0,
@@ -35,7 +32,7 @@ def memmap_throughput(directory: str | Path, block_size: int = 1024, workers: in
 def bench_data(files: list[str] | None = None, workers: list[int] = (0, 1, 2), block_size: int = 1024,
                seconds: float = 5.0) -> list[dict]:
     """Stream and memmap tokens/s for each worker count, on `files` (default: the shipped sample)."""
-    files = files or [str(SAMPLE)]
+    files = files or [sample_path()]
     source = TextSource(path="text", name=None, revision=None, data_files=files, expected_files=None)
     rows = [{"source": "stream", **stream_throughput(source, w, block_size, seconds)} for w in workers]
     with tempfile.TemporaryDirectory() as tmp:

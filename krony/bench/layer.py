@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from krony.bench.timing import interleaved
-from krony.kronecker import KroneckerLinear, fusable, kron_ffn
+from krony.layers.kronecker import KroneckerLinear, fusable, kron_ffn
 from krony.schemes import NAMED, get_scheme
 
 
@@ -56,7 +56,7 @@ def bench_layers(schemes: list[str] | None = None, tokens: int = 1024, device: s
         t = interleaved({"dense": dense_step, "kron": pair_step(fc, proj, x, compile)}, device, rounds=rounds,
                         warmup=3 if compile else 2)
         dense_madds = fc.in_features * fc.out_features + proj.in_features * proj.out_features
-        madds = fc.num_multiply_adds() + proj.num_multiply_adds()
+        madds = fc.multiply_adds() + proj.multiply_adds()
         rows.append({
             "scheme": name, "factors": factors, "tokens": tokens, "compile": compile,
             "path_fc": fc.chosen_path, "path_proj": proj.chosen_path,

@@ -10,11 +10,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from typing import Sequence
 
 from krony.data.sources import TextSource
-from krony.data.stream import PackedBlocks
+from krony.data.stream import stream_throughput
 
 
 def source_from_args(args: argparse.Namespace) -> TextSource:
@@ -24,24 +23,6 @@ def source_from_args(args: argparse.Namespace) -> TextSource:
                           text_field=args.text_field)
     return TextSource(path=args.path, name=args.name, revision=args.revision, text_field=args.text_field,
                       expected_files=args.expected_files)
-
-
-def throughput(source: TextSource, workers: int, block_size: int = 1024, seconds: float = 10.0) -> dict:
-    """Training tokens/s of the stream through a DataLoader with `workers` workers (after start-up)."""
-    import torch
-
-    ds = PackedBlocks(source, block_size, val_documents=0, shuffle_buffer=0)
-    loader = torch.utils.data.DataLoader(ds, batch_size=8, num_workers=workers)
-    it = iter(loader)
-    next(it)  # start-up: workers spawn, tokenizer and dataset load
-    tokens, t0 = 0, time.perf_counter()
-    try:
-        while time.perf_counter() - t0 < seconds:
-            tokens += next(it).numel()
-    except (StopIteration, ValueError):
-        pass
-    dt = time.perf_counter() - t0
-    return {"workers": workers, "tokens_per_sec": tokens / dt, "tokens_per_sec_per_worker": tokens / dt / max(1, workers)}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps({k: meta[k] for k in ("train_tokens", "val_tokens")}))
         else:
             for w in args.workers:
-                print(json.dumps(throughput(source, w, args.block_size, args.seconds)))
+                print(json.dumps(stream_throughput(source, w, args.block_size, args.seconds)))
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from krony.data.memmap import EndlessShuffle, MemmapBlocks
-from krony.data.sources import MODES, TextSource
+from krony.data.sources import TextSource, check_data
 from krony.data.stream import PackedBlocks, resume_position
 from krony.train.preempt import ignore_in_worker, kill_workers_at_exit
 
@@ -57,14 +57,9 @@ class TextDataModule(L.LightningDataModule):
         max_document_chars: int = 1_000_000,
     ) -> None:
         super().__init__()
-        if mode not in MODES:
-            raise ValueError(f"data.mode must be one of {', '.join(MODES)}, got {mode!r}")
-        if mode == "memmap" and not memmap_dir:
-            raise ValueError("data.memmap_dir is required for data.mode=memmap")
+        check_data(mode, memmap_dir, source, block_size, batch_size, num_workers)
         if isinstance(source, dict):
             source = TextSource(**source)
-        if mode == "stream" and source is None:
-            raise ValueError("data.source is required for data.mode=stream")
         self.source, self.mode, self.memmap_dir = source, mode, memmap_dir
         self.block_size, self.batch_size, self.num_workers = block_size, batch_size, num_workers
         self.val_documents, self.shuffle_buffer, self.seed = val_documents, shuffle_buffer, seed
@@ -150,4 +145,4 @@ class RankSlice(torch.utils.data.Sampler[int]):
             yield from chunks[self.rank]
 
 
-__all__ = ["MODES", "RankSlice", "TextDataModule"]
+__all__ = ["RankSlice", "TextDataModule"]

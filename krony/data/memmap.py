@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from krony.data.sources import TextSource
 from krony.data.stream import PackedBlocks, clean_documents
+from krony.fileio import atomic_write, write_text
 from krony.tokenizer import encode_document
 
 DTYPE = np.uint16
@@ -28,21 +29,24 @@ DTYPE = np.uint16
 
 def _write_split(docs, path: Path, workers: int, desc: str) -> int:
     """Tokenise `docs` with `workers` processes into `path` (atomic); returns the token count."""
-    tmp = path.with_name(path.name + ".tmp")
     total = 0
-    with contextlib.ExitStack() as stack:
-        f = stack.enter_context(open(tmp, "wb"))
-        bar = stack.enter_context(tqdm(desc=desc, unit="doc"))
-        if workers > 1:
-            pool = stack.enter_context(mp.get_context("spawn").Pool(workers))
-            token_lists = pool.imap(encode_document, docs, chunksize=64)
-        else:
-            token_lists = map(encode_document, docs)
-        for ids in token_lists:
-            np.asarray(ids, dtype=DTYPE).tofile(f)
-            total += len(ids)
-            bar.update()
-    os.replace(tmp, path)
+
+    def write(tmp: str) -> None:
+        nonlocal total
+        with contextlib.ExitStack() as stack:
+            f = stack.enter_context(open(tmp, "wb"))
+            bar = stack.enter_context(tqdm(desc=desc, unit="doc"))
+            if workers > 1:
+                pool = stack.enter_context(mp.get_context("spawn").Pool(workers))
+                token_lists = pool.imap(encode_document, docs, chunksize=64)
+            else:
+                token_lists = map(encode_document, docs)
+            for ids in token_lists:
+                np.asarray(ids, dtype=DTYPE).tofile(f)
+                total += len(ids)
+                bar.update()
+
+    atomic_write(path, write)
     return total
 
 
@@ -61,7 +65,7 @@ def prepare(source: TextSource, out_dir: str | os.PathLike, val_documents: int =
         docs = clean_documents(stream.documents(0, 1, shuffle_files=False), stream.stats, stream.max_document_chars)
         meta[f"{split}_tokens"] = _write_split(docs, out / f"{split}.bin", workers, f"prepare {split}")
         meta[f"{split}_document_issues"] = dict(stream.stats.counts)
-    (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    write_text(out / "meta.json", json.dumps(meta, indent=2) + "\n")
     return meta
 
 

@@ -238,4 +238,19 @@ class TextSource:
         return state
 
 
-__all__ = ["LOCAL_BUILDERS", "MODES", "TextSource", "file_problem", "sample_path"]
+def check_data(mode: str = "stream", memmap_dir: str | None = None, source: Any = None, block_size: int = 1024,
+               batch_size: int = 8, num_workers: int = 0) -> None:
+    """`ConfigError` (named "data.<key>") for arguments the data module cannot work with."""
+    from krony.config import ConfigError, check_choice
+
+    check_choice("data.mode", mode, MODES)
+    for key, value, low in (("block_size", block_size, 1), ("batch_size", batch_size, 1), ("num_workers", num_workers, 0)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ConfigError(f"data.{key}", value, f"must be an integer >= {low}")
+    if mode == "memmap" and not memmap_dir:
+        raise ConfigError("data.memmap_dir", memmap_dir, "required for data.mode=memmap (python -m krony.data prepare)")
+    if mode == "stream" and source is None:
+        raise ConfigError("data.source", None, "required for data.mode=stream (see conf/data/owt.yaml)")
+
+
+__all__ = ["LOCAL_BUILDERS", "MODES", "TextSource", "check_data", "file_problem", "sample_path"]

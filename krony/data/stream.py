@@ -19,6 +19,7 @@ from __future__ import annotations
 import itertools
 import logging
 import random
+import time
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -225,4 +226,22 @@ def resume_position(batches: int, batch_size: int, num_workers: int) -> ResumePo
     return ResumePosition(tuple(n * batch_size for n in per_worker), batches % workers)
 
 
-__all__ = ["DocumentStats", "PackedBlocks", "clean_documents", "ResumePosition", "pack", "resume_position", "shuffled"]
+def stream_throughput(source: TextSource, workers: int, block_size: int = 1024, seconds: float = 10.0) -> dict:
+    """Training tokens/s of the stream through a DataLoader with `workers` workers (after start-up)."""
+    ds = PackedBlocks(source, block_size, val_documents=0, shuffle_buffer=0)
+    loader = torch.utils.data.DataLoader(ds, batch_size=8, num_workers=workers)
+    it = iter(loader)
+    next(it)  # start-up: workers spawn, tokenizer and dataset load
+    tokens, t0 = 0, time.perf_counter()
+    try:
+        while time.perf_counter() - t0 < seconds:
+            tokens += next(it).numel()
+    except (StopIteration, ValueError):
+        pass
+    dt = time.perf_counter() - t0
+    return {"workers": workers, "tokens_per_sec": tokens / dt, "tokens_per_sec_per_worker": tokens / dt / max(1, workers)}
+
+
+
+__all__ = ["DocumentStats", "PackedBlocks", "clean_documents", "ResumePosition", "pack", "resume_position", "shuffled",
+           "stream_throughput"]

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from krony.compression import compress, count_params
-from krony.config import DISTILGPT2_LAYERS, KINDS, GPTConfig, ModelConfig
+from krony.config import GPTConfig, ModelConfig
 from krony.fileio import InvalidFile
 from krony.model import GPT, CausalSelfAttention, set_activation
 
@@ -81,6 +81,4 @@ def build_student(cfg: ModelConfig, seed: int = 0, keep_teacher: bool = False) -
     return student, None, teacher_params
 
 
-__all__ = [
-    "DISTILGPT2_LAYERS", "KINDS", "ModelConfig", "build_student", "distil_student", "load_teacher", "set_dropout", "untie_head",
-]
+__all__ = ["build_student", "distil_student", "load_teacher", "set_dropout", "untie_head"]

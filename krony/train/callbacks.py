@@ -19,7 +19,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from krony.checkpoint import load_state_dict_checked
+from krony.hf import load_state_dict_checked
 from krony.fileio import torch_load, write_text
 from krony.train.preempt import SIGNALS, Preempted, requeue_slurm_job, slurm_job_id
 
@@ -160,7 +160,7 @@ class ExportModel(L.Callback):
 
 class EvaluateAtEnd(L.Callback):
     """After fit (or a validate-only run), evaluates the exported model in `model_dir` (the best
-    by validation), or else the student as it ends, under a named protocol (see `krony.evaluate`): `datasets` for the
+    by validation), or else the student as it ends, under a named protocol (see `krony.eval.protocols`): `datasets` for the
     paper and sliding protocols, lm-eval `tasks` for the harness; logs `eval/<dataset>/<metric>`
     to the loggers and writes `results.json` into `dirpath`.
     A failure (no data offline, say) is logged as a warning: the trained model is already saved."""
@@ -186,7 +186,7 @@ class EvaluateAtEnd(L.Callback):
     def _evaluate(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if not (self.tasks if self.protocol == "harness" else self.datasets):
             return
-        from krony.eval import evaluate_model, record
+        from krony.eval.protocols import evaluate_model, record
         from krony.model import GPT
 
         model = module.student

@@ -2,8 +2,9 @@
 
 One class serves Krony-PT, multi-factor Kronecker with scalars, the DistilGPT2 baseline and
 dense GPT-2: what differs is the `model` config (kind, scheme, factors, scalars, student layers)
-and whether `distill` is on. It receives plain dicts, so `save_hyperparameters` stores a readable
-config, never a pickled network.
+and whether `distill` is on. Hydra instantiates it from the run config's `module` node, its
+parts as the config dataclasses of `krony.config`; `save_hyperparameters` stores them as plain
+dicts (a readable config, never a pickled object), and those dicts rebuild it.
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ import lightning as L
 import torch
 from torchmetrics import MeanMetric
 
-from krony.checkpoint import state_dict_problems
+from krony.hf import state_dict_problems
 from krony.compression import count_params, kronecker_layers
-from krony.train.build import ModelConfig, build_student
-from krony.train.freeze import FreezeConfig, apply_freeze
-from krony.train.losses import DistillConfig, distillation_loss, lm_loss
-from krony.train.optim import OptimConfig, build_optimizer
+from krony.config import DistillConfig, FreezeConfig, ModelConfig, OptimConfig, to_dict
+from krony.train.build import build_student
+from krony.train.freeze import apply_freeze
+from krony.train.losses import distillation_loss, lm_loss
+from krony.train.optim import build_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +33,8 @@ class LanguageModelModule(L.LightningModule):
     """Trains `self.student` on batches of (B, T + 1) token ids; optional teacher distillation.
 
     Args:
-        model, optim, freeze, distill: fields of `ModelConfig`, `OptimConfig`, `FreezeConfig`, `DistillConfig`.
+        model, optim, freeze, distill: a `ModelConfig`, `OptimConfig`, `FreezeConfig`, `DistillConfig`,
+            or their fields as a dict.
         seed: seeds random teacher weights and random inits.
         log_scalars_every: steps between logs of the Kronecker scalars.
         max_bad_steps: steps in a row with a non-finite loss or gradient after which the run
@@ -41,21 +44,26 @@ class LanguageModelModule(L.LightningModule):
 
     def __init__(
         self,
-        model: dict[str, Any],
-        optim: dict[str, Any] | None = None,
-        freeze: dict[str, Any] | None = None,
-        distill: dict[str, Any] | None = None,
+        model: ModelConfig | dict[str, Any],
+        optim: OptimConfig | dict[str, Any] | None = None,
+        freeze: FreezeConfig | dict[str, Any] | None = None,
+        distill: DistillConfig | dict[str, Any] | None = None,
         seed: int = 1337,
         log_scalars_every: int = 50,
         max_bad_steps: int = 10,
         bad_step_checkpoint: str | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(logger=False)
-        self.model_cfg = ModelConfig(**model)
-        self.optim_cfg = OptimConfig(**(optim or {}))
-        self.freeze_cfg = FreezeConfig(**(freeze or {}))
-        self.distill_cfg = DistillConfig(**(distill or {}))
+        self.model_cfg, self.optim_cfg, self.freeze_cfg, self.distill_cfg = (
+            cfg if isinstance(cfg, cls) else cls(**(cfg or {}))
+            for cfg, cls in ((model, ModelConfig), (optim, OptimConfig), (freeze, FreezeConfig), (distill, DistillConfig))
+        )
+        self.save_hyperparameters(
+            {"model": to_dict(self.model_cfg), "optim": to_dict(self.optim_cfg), "freeze": to_dict(self.freeze_cfg),
+             "distill": to_dict(self.distill_cfg), "seed": seed, "log_scalars_every": log_scalars_every,
+             "max_bad_steps": max_bad_steps, "bad_step_checkpoint": bad_step_checkpoint},
+            logger=False,
+        )
         self.log_scalars_every = log_scalars_every
         if max_bad_steps < 0:
             raise ValueError(f"max_bad_steps must be >= 0, got {max_bad_steps}")

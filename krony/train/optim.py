@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from krony.config import SCHEDULES, OptimConfig
-from krony.kronecker import KroneckerLinear
+from krony.layers.kronecker import KroneckerLinear
 
 
 def named_parts(model: nn.Module) -> dict[str, list[nn.Parameter]]:

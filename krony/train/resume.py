@@ -26,7 +26,7 @@ from krony.fileio import write_text
 
 JOB_FILE = "job.json"
 NOT_IDENTITY = (
-    "paths", "hydra", "logger", "callbacks", "resume", "ckpt_path", "run_name", "log_scalars_every",
+    "paths", "hydra", "logger", "callbacks", "resume", "ckpt_path", "run_name", "log_scalars_every", "module",
     "trainer.enable_progress_bar", "trainer.log_every_n_steps", "trainer.enable_model_summary",
     "trainer.default_root_dir",
 )

@@ -1,7 +1,7 @@
-"""`python -m krony.harness ...`: lm-eval's own command line with the "krony" model registered.
+"""`python -m krony.eval.harness ...`: lm-eval's own command line with the "krony" model registered.
 
-    python -m krony.harness run --model krony --model_args pretrained=<run dir | model dir> --tasks hellaswag
-    python -m krony.harness run --model krony --model_args pretrained=<dir> --tasks wikitext,lambada_openai --data_dir ../shared/data
+    python -m krony.eval.harness run --model krony --model_args pretrained=<run dir | model dir> --tasks hellaswag
+    python -m krony.eval.harness run --model krony --model_args pretrained=<dir> --tasks wikitext,lambada_openai --data_dir ../shared/data
 
 `--data_dir DIR` is ours: it adds `--include_path` (krony's offline task definitions) and
 `--metadata '{"data_dir": DIR}'`; everything else is lm-eval's.
@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import sys
 
-from krony.harness import TASKS_DIR  # registers the "krony" model with lm-eval
+from krony.eval.harness import TASKS_DIR  # registers the "krony" model with lm-eval
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -22,88 +22,11 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
-from krony.compression import count_params
 from krony.config import HARNESS_TASKS
-from krony.evaluate import DATASETS, PROTOCOLS, load_rows, score_windows, token_ids
+from krony.eval.data import DATASETS
+from krony.eval.protocols import evaluate_model, markdown_row, record
+from krony.hf import resolve_model
 from krony.fileio import write_text
-from krony.model import GPT
-
-
-def resolve_model(name_or_path: str) -> tuple[GPT, Path | None]:
-    """(model, run directory or None): a run directory loads its `export/`, anything else goes to
-    `GPT.from_pretrained` (hub name, model directory, weights file)."""
-    path = Path(name_or_path).expanduser()
-    if path.is_dir() and not (path / "config.json").exists() and (path / "export" / "config.json").exists():
-        return GPT.from_pretrained(path / "export"), path
-    if path.is_dir() and not (path / "config.json").exists() and (path / "checkpoints").exists():
-        raise ValueError(f"{path} is a run directory without export/ (the run has not finished): evaluate a finished run "
-                         f"or a directory with config.json + model.safetensors")
-    return GPT.from_pretrained(name_or_path), None
-
-
-def evaluate_model(
-    model: GPT,
-    datasets: list[str] | None = None,
-    protocol: str = "paper",
-    context: int = 1024,
-    stride: int = 1024,
-    split: str = "test",
-    data_dir: str | None = None,
-    batch_size: int = 8,
-    max_tokens: int | None = None,
-    max_examples: int | None = None,
-    progress: bool = True,
-    tasks: list[str] | None = None,
-) -> dict[str, dict[str, Any]]:
-    """{dataset or task: metrics, with "source"} under `protocol` (see `krony.evaluate`).
-
-    paper / sliding score `datasets` (perplexity, windows, tokens, rows); harness runs the lm-eval
-    `tasks` (`krony.harness.evaluate`; `max_examples` is its `limit`)."""
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"unknown protocol {protocol!r}; valid choices: {', '.join(PROTOCOLS)}")
-    if protocol == "harness":
-        try:
-            from krony.harness import evaluate as harness_evaluate
-        except ModuleNotFoundError as e:
-            raise ValueError(f"protocol=harness needs lm-evaluation-harness ({e}): pip install -e '.[eval]'") from None
-
-        return harness_evaluate(model, tasks or HARNESS_TASKS, data_dir, batch_size, max_examples, progress=progress)
-    datasets = list(DATASETS) if datasets is None else datasets
-    bad = [d for d in datasets if d not in DATASETS]
-    if bad:
-        raise ValueError(f"unknown datasets {bad}; valid choices: {', '.join(DATASETS)} (lm-eval tasks need protocol=harness)")
-    context = min(context, model.config.block_size)
-    out: dict[str, dict[str, Any]] = {}
-    for name in datasets:
-        loaded = load_rows(name, split, data_dir)
-        ids = token_ids(loaded.rows)
-        ids = ids[:max_tokens] if max_tokens else ids
-        res = score_windows(model, ids, context, stride if protocol == "sliding" else context, batch_size, progress=progress)
-        ppl = res.paper_ppl if protocol == "paper" else res.token_ppl
-        out[name] = {"ppl": ppl, "tokens": len(ids), "scored_tokens": res.tokens, "windows": res.windows,
-                     "rows": len(loaded.rows), "source": loaded.source}
-    return out
-
-
-def record(model: GPT, name: str, protocol: str, results: dict[str, dict[str, Any]], **settings: Any) -> dict[str, Any]:
-    """What results files hold: the model, its size, the protocol and its settings, the results."""
-    return {"model": name, "params": count_params(model), "protocol": protocol, **settings, "results": results}
-
-
-def markdown_row(model_name: str, params: int, results: dict[str, dict[str, Any]]) -> str:
-    cells = [model_name, f"{params:,}"]
-    for name, r in results.items():
-        if "ppl" in r:
-            cells.append(f"{name} ppl {r['ppl']:.2f}")
-        if "word_perplexity" in r:
-            cells.append(f"{name} word ppl {r['word_perplexity']:.2f}, bpb {r['bits_per_byte']:.4f}")
-        if "perplexity" in r:
-            cells.append(f"{name} ppl {r['perplexity']:.2f}")
-        for k in ("acc_norm", "acc"):
-            if k in r:
-                cells.append(f"{name} {k} {r[k]:.2%}")
-                break
-    return "| " + " | ".join(cells) + " |"
 
 
 @dataclass
@@ -125,7 +48,7 @@ class EvalConfig:
     split: str = "test"
     """paper / sliding: test | valid (wikitext); LAMBADA has test only."""
     data_dir: str | None = None
-    """Local files in the layout of krony's evaluation data (README); None: the Hugging Face hub."""
+    """Local files in the layout of krony's evaluation data (docs/evaluation.md); None: the Hugging Face hub."""
     batch_size: int = 8
     """Windows (or lm-eval requests) per forward pass."""
     device: str = "auto"

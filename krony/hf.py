@@ -5,9 +5,9 @@ Layout on disk (a directory): `config.json` + `model.safetensors`.
 - Dense models are written exactly as Hugging Face writes GPT-2 (`model_type: gpt2`, keys
   `transformer.*`, Conv1D weights stored (in, out), tied `lm_head` left out), so
   `transformers.GPT2LMHeadModel.from_pretrained(dir)` loads them.
-- Compressed models use the same keys and layout for their dense parts, keep the Kronecker
-  factors as `...mlp.c_fc.A`, `.B`, `.scalars`, `.bias`, and record each factored layer's
-  shape under `krony_kronecker` in `config.json`. Their `model_type` is `krony_gpt2`, so
+- Compressed models use the same keys and layout for their dense parts, keep the factors
+  of each factored layer under its module name (Kronecker: `...mlp.c_fc.A`, `.B`, `.scalars`,
+  `.bias`), and record each layer's structure and shape under `krony_layers` in `config.json`. Their `model_type` is `krony_gpt2`, so
   `transformers` refuses them instead of silently loading random FFN weights: call
   `krony.decompress(model)` first to hand a model to `transformers`.
 
@@ -28,11 +28,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from krony.compression import kronecker_layers, replace_module
+from krony.compression import factored_layers, install
 from krony.config import GPTConfig
 from krony.fileio import InvalidFile, atomic_write, describe_load_error, torch_load, write_text
 from krony.hub import WEIGHT_FILES, looks_like_path, model_files
-from krony.kronecker import KroneckerLinear
+from krony.layers import get_structure
 from krony.model import GPT
 
 TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -40,7 +40,10 @@ TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "ml
 SKIPPED = (".attn.bias", ".attn.masked_bias")
 """Causal-mask buffers in old HF checkpoints; not parameters."""
 
-KRONECKER_KEY = "krony_kronecker"
+LAYERS_KEY = "krony_layers"
+"""config.json key of the factored layers: {module name: {"structure": ..., **its spec}}."""
+LEGACY_KRONECKER_KEY = "krony_kronecker"
+"""The key exports before krony_layers used (Kronecker layers only); still read."""
 
 
 # ---------------------------------------------------------------- state dict conversion
@@ -144,27 +147,23 @@ def hf_config_dict(model: GPT) -> dict[str, Any]:
         "tie_word_embeddings": c.tie_embeddings,
         "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
     }
-    layers = kronecker_spec(model)
+    layers = layers_spec(model)
     if layers:
         d["architectures"] = ["KronyGPT"]
         d["model_type"] = "krony_gpt2"
-        d[KRONECKER_KEY] = layers
+        d[LAYERS_KEY] = layers
     return d
 
 
-def kronecker_spec(model: nn.Module) -> dict[str, dict[str, Any]]:
-    """{module name: {a_dims, factors, scalars, bias}} for every `KroneckerLinear` in `model`."""
-    return {
-        name: {
-            "in_features": m.in_features,
-            "out_features": m.out_features,
-            "a_dims": list(m.a_dims),
-            "factors": m.factors,
-            "scalars": m.scalars is not None,
-            "bias": m.bias is not None,
-        }
-        for name, m in kronecker_layers(model).items()
-    }
+def layers_spec(model: nn.Module) -> dict[str, dict[str, Any]]:
+    """{module name: {"structure": ..., **spec}} for every factored layer in `model`."""
+    return {name: {"structure": m.structure, **m.spec()} for name, m in factored_layers(model).items()}
+
+
+def saved_layers(cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The factored layers recorded in a config.json dict (either key), each with its structure."""
+    legacy = {name: {"structure": "kronecker", **spec} for name, spec in cfg.get(LEGACY_KRONECKER_KEY, {}).items()}
+    return {**legacy, **cfg.get(LAYERS_KEY, {})}
 
 
 def config_from_hf(d: dict[str, Any], **overrides: Any) -> GPTConfig:
@@ -292,10 +291,23 @@ def load_model(name_or_path: str | os.PathLike, **overrides: Any) -> GPT:
     cfg_dict = read_config(cfg_path) if cfg_path else {}
     config = config_from_hf(cfg_dict, **overrides) if cfg_dict else config_from_state_dict(sd, **overrides)
     model = GPT(config)
-    for name, spec in cfg_dict.get(KRONECKER_KEY, {}).items():
-        replace_module(model, name, KroneckerLinear(**spec))
+    for name, spec in saved_layers(cfg_dict).items():
+        spec = dict(spec)
+        install(model, name, get_structure(spec.pop("structure"))(**spec))
     load_state_dict_checked(model, sd)
     return model
+
+
+def resolve_model(name_or_path: str) -> tuple[GPT, Path | None]:
+    """(model, run directory or None): a run directory loads its `export/`, anything else goes to
+    `GPT.from_pretrained` (hub name, model directory, weights file)."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir() and not (path / "config.json").exists() and (path / "export" / "config.json").exists():
+        return load_model(path / "export"), path
+    if path.is_dir() and not (path / "config.json").exists() and (path / "checkpoints").exists():
+        raise ValueError(f"{path} is a run directory without export/ (the run has not finished): evaluate a finished run "
+                         f"or a directory with config.json + model.safetensors")
+    return load_model(name_or_path), None
 
 
 def save_model(model: GPT, directory: str | os.PathLike) -> Path:
@@ -318,12 +330,14 @@ __all__ = [
     "config_from_state_dict",
     "from_hf_state_dict",
     "hf_config_dict",
-    "kronecker_spec",
+    "layers_spec",
+    "saved_layers",
     "load_model",
     "load_state_dict_checked",
     "check_weights",
     "read_config",
     "read_weights",
+    "resolve_model",
     "save_model",
     "to_hf_state_dict",
 ]

@@ -1,4 +1,4 @@
-"""Perplexity protocols of the paper (README: Evaluate and report) and the loaders that give them text.
+"""The evaluation protocols (docs/evaluation.md) and `evaluate_model`, which runs one of them.
 
 - "paper": rows joined with "\\n\\n", tokenised once, non-overlapping windows of `context`
   tokens; each window's loss is the mean CE over its predicted tokens; ppl = exp(mean of the
@@ -6,7 +6,7 @@
   and the original LAMBADA (Paperno et al.; the hub's `lambada`, lower-cased and tokenised).
 - "sliding": the same token stream, windows every `stride` < context tokens, loss only on the
   tokens not scored before, token-weighted: ppl = exp(total NLL / scored tokens).
-- "harness": lm-evaluation-harness itself (`krony.harness`), any of its tasks.
+- "harness": lm-evaluation-harness itself (`krony.eval.harness`), any of its tasks.
 
               tokens  t0 t1 t2 ... t1023 | t1024 ... t2047 | t2048 ...
     paper     window  [----- 1024 -----] [----- 1024 -----] [-- rest --]   scored: all but each window's first
@@ -16,113 +16,21 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from krony.config import EVAL_DATASETS, EVAL_PROTOCOLS
-from krony.tokenizer import EOT, gpt2_encoding
+from krony.compression import count_params
+from krony.config import EVAL_PROTOCOLS, HARNESS_TASKS
+from krony.eval.data import DATASETS, load_rows, token_ids
+from krony.model import GPT
+from krony.tokenizer import EOT
 
 PROTOCOLS = EVAL_PROTOCOLS
-DATASETS = EVAL_DATASETS
-
-# local file layout of krony's evaluation data (README: Evaluate and report) and the hub datasets they mirror
-LOCAL_FILES = {
-    "wikitext103": "wikitext-103/wiki.{split}.tokens",
-    "wikitext2": "wikitext-2/wiki.{split}.tokens",
-    "lambada": "lambada/lambada_test_plain_text.txt",
-}
-HUB = {
-    "wikitext103": ("wikitext", "wikitext-103-v1"),
-    "wikitext2": ("wikitext", "wikitext-2-v1"),
-    "lambada": ("lambada", "plain_text"),  # the original LAMBADA, as the authors' script loads it
-}
-
-
-@dataclass
-class Rows:
-    """The rows of one dataset split and where they came from."""
-
-    rows: list[str]
-    source: dict[str, Any] = field(default_factory=dict)
-    """{"path", "sha256"} for a local file, {"hub", "config", "revision"} for the hub."""
-
-
-# ---------------------------------------------------------------- rows, from local files or the hub
-
-
-def wikitext_rows_from_file(path: str | Path) -> list[str]:
-    """The rows the HF `wikitext` dataset has for this file: every line with its "\\n", and ""
-    for blank lines (stored as " \\n" in the .tokens / .raw files)."""
-    text = Path(path).read_text(encoding="utf-8")
-    return ["" if line.strip() == "" else line for line in text.splitlines(keepends=True)]
-
-
-def lambada_rows_from_file(path: str | Path) -> list[str]:
-    """LAMBADA passages: one per line of the original plain-text file, or the "text" of each
-    line of OpenAI's jsonl."""
-    with open(path, encoding="utf-8") as f:
-        lines = [line.rstrip("\n") for line in f if line.strip()]
-    return [json.loads(line)["text"] for line in lines] if str(path).endswith(".jsonl") else lines
-
-
-def file_sha256(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def local_file(data_dir: str | Path, relative: str) -> Path:
-    """`data_dir/relative`, or ValueError naming the layout expected."""
-    path = Path(data_dir).expanduser() / relative
-    if not path.is_file():
-        raise ValueError(f"data_dir={data_dir}: no {path}; expected the layout {relative}")
-    return path
-
-
-def load_rows(dataset: str, split: str = "test", data_dir: str | Path | None = None) -> Rows:
-    """Rows of `dataset` ("wikitext103", "wikitext2", "lambada"): from `data_dir` (the layout of
-    `LOCAL_FILES`) or, without it, from the Hugging Face hub (or its cache, offline)."""
-    if dataset not in DATASETS:
-        raise ValueError(f"unknown dataset {dataset!r}; valid choices: {', '.join(DATASETS)}")
-    if data_dir is not None:
-        path = local_file(data_dir, LOCAL_FILES[dataset].format(split=split))
-        rows = lambada_rows_from_file(path) if dataset == "lambada" else wikitext_rows_from_file(path)
-        return Rows(rows, {"path": str(path), "sha256": file_sha256(path)})
-    import datasets
-
-    from krony.hub import dataset_location
-
-    name, config = HUB[dataset]
-    try:
-        path, revision = dataset_location(name)  # the hub, or offline its cached snapshot
-        ds = datasets.load_dataset(path, config, split=split, revision=revision)
-    except Exception as e:  # noqa: BLE001 - any hub failure gets the same advice
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ValueError(f"could not load {name}/{config} from the hub ({reason}); offline, pass data_dir= with local files") from e
-    return Rows(list(ds["text"]), {"hub": name, "config": config, "split": split, "revision": _revision(name, path, revision)})
-
-
-def _revision(name: str, path: str, revision: str | None) -> str | None:
-    """The commit of a hub dataset: the cached snapshot's folder name offline, else the hub's answer."""
-    if Path(path).is_dir():
-        return Path(path).name  # .../snapshots/<commit>
-    try:
-        from huggingface_hub import HfApi
-
-        return HfApi().dataset_info(name, revision=revision).sha
-    except Exception:  # noqa: BLE001 - provenance is best effort; the scores do not depend on it
-        return revision
-
-
-def paper_text(rows: Sequence[str]) -> str:
-    """The paper protocol's text: the rows joined with "\\n\\n"."""
-    return "\n\n".join(rows)
 
 
 # ---------------------------------------------------------------- scoring
@@ -224,25 +132,77 @@ def perplexity(
     return res.paper_ppl if stride == context else res.token_ppl
 
 
-def token_ids(rows: Sequence[str]) -> list[int]:
-    """The paper protocol's token stream of `rows`."""
-    return gpt2_encoding().encode_ordinary(paper_text(list(rows)))
+def evaluate_model(
+    model: GPT,
+    datasets: list[str] | None = None,
+    protocol: str = "paper",
+    context: int = 1024,
+    stride: int = 1024,
+    split: str = "test",
+    data_dir: str | None = None,
+    batch_size: int = 8,
+    max_tokens: int | None = None,
+    max_examples: int | None = None,
+    progress: bool = True,
+    tasks: list[str] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """{dataset or task: metrics, with "source"} under `protocol` (see the module docstring).
+
+    paper / sliding score `datasets` (perplexity, windows, tokens, rows); harness runs the lm-eval
+    `tasks` (`krony.eval.harness.evaluate`; `max_examples` is its `limit`)."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; valid choices: {', '.join(PROTOCOLS)}")
+    if protocol == "harness":
+        try:
+            from krony.eval.harness import evaluate as harness_evaluate
+        except ModuleNotFoundError as e:
+            raise ValueError(f"protocol=harness needs lm-evaluation-harness ({e}): pip install -e '.[eval]'") from None
+
+        return harness_evaluate(model, tasks or HARNESS_TASKS, data_dir, batch_size, max_examples, progress=progress)
+    datasets = list(DATASETS) if datasets is None else datasets
+    bad = [d for d in datasets if d not in DATASETS]
+    if bad:
+        raise ValueError(f"unknown datasets {bad}; valid choices: {', '.join(DATASETS)} (lm-eval tasks need protocol=harness)")
+    context = min(context, model.config.block_size)
+    out: dict[str, dict[str, Any]] = {}
+    for name in datasets:
+        loaded = load_rows(name, split, data_dir)
+        ids = token_ids(loaded.rows)
+        ids = ids[:max_tokens] if max_tokens else ids
+        res = score_windows(model, ids, context, stride if protocol == "sliding" else context, batch_size, progress=progress)
+        ppl = res.paper_ppl if protocol == "paper" else res.token_ppl
+        out[name] = {"ppl": ppl, "tokens": len(ids), "scored_tokens": res.tokens, "windows": res.windows,
+                     "rows": len(loaded.rows), "source": loaded.source}
+    return out
+
+
+def record(model: GPT, name: str, protocol: str, results: dict[str, dict[str, Any]], **settings: Any) -> dict[str, Any]:
+    """What results files hold: the model, its size, the protocol and its settings, the results."""
+    return {"model": name, "params": count_params(model), "protocol": protocol, **settings, "results": results}
+
+
+def markdown_row(model_name: str, params: int, results: dict[str, dict[str, Any]]) -> str:
+    cells = [model_name, f"{params:,}"]
+    for name, r in results.items():
+        if "ppl" in r:
+            cells.append(f"{name} ppl {r['ppl']:.2f}")
+        if "word_perplexity" in r:
+            cells.append(f"{name} word ppl {r['word_perplexity']:.2f}, bpb {r['bits_per_byte']:.4f}")
+        if "perplexity" in r:
+            cells.append(f"{name} ppl {r['perplexity']:.2f}")
+        for k in ("acc_norm", "acc"):
+            if k in r:
+                cells.append(f"{name} {k} {r[k]:.2%}")
+                break
+    return "| " + " | ".join(cells) + " |"
 
 
 __all__ = [
-    "DATASETS",
-    "HUB",
-    "LOCAL_FILES",
     "PROTOCOLS",
-    "Rows",
     "WindowResult",
-    "file_sha256",
-    "lambada_rows_from_file",
-    "load_rows",
-    "local_file",
-    "paper_text",
+    "evaluate_model",
+    "markdown_row",
     "perplexity",
+    "record",
     "score_windows",
-    "token_ids",
-    "wikitext_rows_from_file",
 ]

@@ -1,4 +1,5 @@
-"""The Kronecker-factored linear layer and the cost model that picks its forward path.
+"""The Kronecker-factored linear layer and the cost model that picks its forward path
+(docs/method.md for the method, docs/performance.md for the paths and their costs).
 
 A weight W of shape (out, in) = (m1*m2, n1*n2) is replaced by
 
@@ -33,13 +34,17 @@ an MLP's hidden state in that layout between c_fc and c_proj.
 
 from __future__ import annotations
 
-from typing import Literal
+import inspect
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from krony.schemes import check_dims
+from krony.layers.base import FactoredLinear, check_factors
+from krony.layers.kronecker_init import get_init, random_std
+from krony.model import MLP
+from krony.schemes import check_dims, get_scheme
 
 Path = Literal["b_first", "a_first", "dense"]
 PATHS: tuple[str, ...] = ("b_first", "a_first", "dense")
@@ -233,7 +238,7 @@ def kron_matmul(
     return from_factored(y, x.shape[:-1])
 
 
-class KroneckerLinear(nn.Module):
+class KroneckerLinear(FactoredLinear):
     """A linear layer whose weight is sum_i s_i * kron(A_i, B_i), in `nn.Linear` layout (out, in).
 
     Args:
@@ -248,6 +253,8 @@ class KroneckerLinear(nn.Module):
     Parameters: `A` (r, m1, n1), `B` (r, m2, n2), `scalars` (r,) when enabled, `bias` (out,).
     """
 
+    structure = "kronecker"
+
     def __init__(
         self,
         in_features: int,
@@ -261,13 +268,11 @@ class KroneckerLinear(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        if int(factors) < 1:
-            raise ValueError(f"factors must be >= 1, got {factors}")
+        self.factors = check_factors(factors)
         m2, n2 = check_dims(out_features, in_features, a_dims)
         self.in_features, self.out_features = in_features, out_features
         self.m1, self.n1 = int(a_dims[0]), int(a_dims[1])
         self.m2, self.n2 = m2, n2
-        self.factors = int(factors)
         kw = {"device": device, "dtype": dtype}
         self.A = nn.Parameter(torch.empty(self.factors, self.m1, self.n1, **kw))
         self.B = nn.Parameter(torch.empty(self.factors, m2, n2, **kw))
@@ -307,8 +312,6 @@ class KroneckerLinear(nn.Module):
         """Random factors whose Kronecker sum has entries of standard deviation `std`."""
         if self.A.is_meta:
             return
-        from krony.inits import random_std
-
         factor_std = random_std(std, self.factors)
         with torch.no_grad():
             self.A.normal_(0.0, factor_std)
@@ -348,16 +351,6 @@ class KroneckerLinear(nn.Module):
         """The full weight sum_i s_i kron(A_i, B_i), shape (out_features, in_features)."""
         return kron_weight(self.A, self.B, self.scalars)
 
-    def to_linear(self) -> nn.Linear:
-        """An `nn.Linear` with the same weight and bias (a copy, detached from this layer)."""
-        lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
-                        device=self.A.device, dtype=self.A.dtype)
-        with torch.no_grad():
-            lin.weight.copy_(self.to_dense())
-            if self.bias is not None:
-                lin.bias.copy_(self.bias)
-        return lin
-
     @torch.no_grad()
     def load_factors(self, A: torch.Tensor, B: torch.Tensor, s: torch.Tensor | None = None) -> None:
         """Copy factors in: A (r, m1, n1), B (r, m2, n2), s (r,). Without learnable scalars, s is folded into A."""
@@ -375,9 +368,28 @@ class KroneckerLinear(nn.Module):
             self.A.copy_(A * s.view(-1, 1, 1).to(A))
         self.B.copy_(B)
 
-    def num_multiply_adds(self) -> int:
+    def multiply_adds(self) -> int:
         """Multiply-adds per token of the chosen path (what FLOP counts should use: 2x this)."""
         return path_costs(self.m1, self.n1, self.m2, self.n2, self.factors)[self.chosen_path]
+
+    @classmethod
+    def for_matrix(cls, dense: nn.Linear, scheme: Any, module: str, **options: Any) -> "KroneckerLinear":
+        """An uninitialised layer for `dense` with the A dims of `scheme` for `module` (c_proj
+        takes c_fc's A dims transposed); `options`: factors, scalars, path."""
+        a_dims = get_scheme(scheme).a_dims_for(module)
+        W = dense.weight
+        return cls(dense.in_features, dense.out_features, a_dims, bias=dense.bias is not None,
+                   device=W.device, dtype=W.dtype, **options)
+
+    def init_from(self, W: torch.Tensor, method: str = "vanloan", **options: Any) -> None:
+        """Factors from the dense weight W (out, in) by a Kronecker init (`krony.layers.kronecker_init`)."""
+        fn = get_init(method)
+        check_init_options(fn, options)
+        self.load_factors(*fn(W, self.a_dims, self.factors, **options))
+
+    def spec(self) -> dict[str, Any]:
+        return {"in_features": self.in_features, "out_features": self.out_features, "a_dims": list(self.a_dims),
+                "factors": self.factors, "scalars": self.scalars is not None, "bias": self.bias is not None}
 
     def extra_repr(self) -> str:
         return (
@@ -385,6 +397,15 @@ class KroneckerLinear(nn.Module):
             f"A=({self.m1}, {self.n1}), B=({self.m2}, {self.n2}), factors={self.factors}, "
             f"scalars={self.scalars is not None}, bias={self.bias is not None}, path={self.chosen_path}"
         )
+
+
+def check_init_options(fn: Any, options: dict[str, Any]) -> None:
+    """ValueError naming the options `fn` (an init function) does not take."""
+    params = inspect.signature(fn).parameters
+    valid = [p for p in params if p not in ("W", "a_dims", "factors")]
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ValueError(f"unknown options {unknown} for init {getattr(fn, '__name__', fn)!r}; valid options: {valid}")
 
 
 def fusable(fc: nn.Module, proj: nn.Module) -> bool:
@@ -409,7 +430,27 @@ def kron_ffn(x: torch.Tensor, fc: KroneckerLinear, proj: KroneckerLinear, act=No
     return from_factored(proj.forward_factored(h), x.shape[:-1])  # (..., out)
 
 
+class KroneckerMLP(MLP):
+    """GPT-2's MLP whose c_fc and c_proj are `KroneckerLinear`: a fusable pair runs through
+    `kron_ffn`, anything else as the plain MLP. It takes over the layers of an existing MLP
+    (litgpt's pattern: the structure subclasses the base block, the model does not know it)."""
+
+    def __init__(self, mlp: MLP) -> None:
+        nn.Module.__init__(self)
+        self.c_fc, self.c_proj, self.dropout, self.act = mlp.c_fc, mlp.c_proj, mlp.dropout, mlp.act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if fusable(self.c_fc, self.c_proj):  # hidden state stays in the factored layout
+            return self.dropout(kron_ffn(x, self.c_fc, self.c_proj, self.act))
+        return super().forward(x)
+
+
+KroneckerLinear.mlp_class = KroneckerMLP
+
+
 __all__ = [
+    "KroneckerMLP",
+    "check_init_options",
     "compute_dtype",
     "from_factored",
     "fusable",

@@ -1,4 +1,4 @@
-"""Initialisations of Kronecker factors from a dense weight (README: Initialisations).
+"""Initialisations of Kronecker factors from a dense weight (docs/inits.md).
 
 Every function takes a weight W in `nn.Linear` layout (out, in) = (m1*m2, n1*n2),
 the A dims (m1, n1) and the number of factors r, and returns `(A, B, s)` with
@@ -15,16 +15,10 @@ import torch
 from einops import rearrange
 
 from krony.config import INIT_METHODS
-from krony.kronecker import kron_weight
-from krony.schemes import check_dims
+from krony.layers.base import check_factors
+from krony.schemes import check_dims, check_init
 
 Factors = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
-
-
-def _check_factors(factors: int) -> int:
-    if int(factors) != factors or factors < 1:
-        raise ValueError(f"factors must be an integer >= 1, got {factors!r}")
-    return int(factors)
 
 
 def rearranged(W: torch.Tensor, a_dims: tuple[int, int]) -> torch.Tensor:
@@ -85,14 +79,10 @@ def vanloan(
             float32, randomised through the global RNG.
         niter: subspace iterations of the "lowrank" SVD (the authors used 10).
     """
-    factors = _check_factors(factors)
+    factors = check_factors(factors)
     m1, n1 = a_dims
     m2, n2 = check_dims(W.shape[0], W.shape[1], a_dims, "weight")
-    if factors > min(m1 * n1, m2 * n2):
-        raise ValueError(
-            f"vanloan can give at most min(m1*n1, m2*n2) = {min(m1 * n1, m2 * n2)} factors "
-            f"for A ({m1}, {n1}), B ({m2}, {n2}); got factors={factors}"
-        )
+    check_init("vanloan", a_dims, (m2, n2), factors)
     R = rearranged(W, a_dims)
     if svd == "exact":
         U, S, V = top_singular(R, factors)
@@ -105,7 +95,7 @@ def vanloan(
     B = rearrange(V * root, "(m2 n2) r -> r m2 n2", m2=m2, n2=n2)  # (r, m2, n2)
     s = torch.ones(factors, dtype=torch.float64, device=W.device)
     if normalize:
-        approx = kron_weight(A, B).norm()
+        approx = sum(torch.kron(a, b) for a, b in zip(A, B)).norm()  # ||sum_i kron(A_i, B_i)||_F
         if approx > 0:
             s = s * (W.detach().double().norm() / approx)
     return A.to(W.dtype), B.to(W.dtype), s.to(W.dtype)
@@ -135,28 +125,17 @@ def prune(
             row-major order, so r=1 keeps the even rows of a (2, 1) B ("B = [1, 0]^T").
         fill: value of the entries of B other than (p, q).
     """
-    factors = _check_factors(factors)
+    factors = check_factors(factors)
     m1, n1 = a_dims
     m2, n2 = check_dims(W.shape[0], W.shape[1], a_dims, "weight")
-    if factors > m2 * n2:
-        raise ValueError(f"prune can give at most m2*n2 = {m2 * n2} factors for B ({m2}, {n2}); got factors={factors}")
+    check_init("prune", a_dims, (m2, n2), factors, {"offsets": offsets})
     offs = [tuple(int(v) for v in o) for o in offsets] if offsets is not None else default_offsets((m2, n2), factors)
-    if len(offs) != factors or len(set(offs)) != factors:
-        raise ValueError(f"prune needs {factors} distinct offsets, got {offs}")
-    for p, q in offs:
-        if not (0 <= p < m2 and 0 <= q < n2):
-            raise ValueError(f"prune offset ({p}, {q}) is outside B of shape ({m2}, {n2})")
     Wd = W.detach()
     A = torch.stack([Wd[p::m2, q::n2] for p, q in offs])  # (r, m1, n1)
     B = torch.full((factors, m2, n2), float(fill), dtype=W.dtype, device=W.device)
     for i, (p, q) in enumerate(offs):
         B[i, p, q] = 1.0
     return A.clone(), B, torch.ones(factors, dtype=W.dtype, device=W.device)
-
-
-def random_std(std: float, factors: int) -> float:
-    """Std of each factor's entries so that sum of r products A_i kron B_i has entries of std `std`."""
-    return math.sqrt(std / math.sqrt(factors))
 
 
 def random_factors(
@@ -172,7 +151,7 @@ def random_factors(
     sigma^2; summing r of them multiplies it by sqrt(r). sigma = sqrt(std / sqrt(r)) gives
     GPT-2's 0.02 for the full weight (the paper's "fair comparison").
     """
-    factors = _check_factors(factors)
+    factors = check_factors(factors)
     m1, n1 = a_dims
     m2, n2 = check_dims(W.shape[0], W.shape[1], a_dims, "weight")
     sigma = random_std(std, factors)
@@ -180,6 +159,11 @@ def random_factors(
     A = torch.randn(factors, m1, n1, **kw) * sigma
     B = torch.randn(factors, m2, n2, **kw) * sigma
     return A, B, torch.ones(factors, dtype=W.dtype, device=W.device)
+
+
+def random_std(std: float, factors: int) -> float:
+    """Std of each factor's entries so that sum of r products A_i kron B_i has entries of std `std`."""
+    return math.sqrt(std / math.sqrt(factors))
 
 
 InitFn = Callable[..., Factors]

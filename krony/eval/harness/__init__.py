@@ -5,7 +5,7 @@ layers and all, batched. It is registered in lm-eval's model registry as "krony"
 module is imported, so
 
     python -m krony.eval model=<run dir | model dir | hub name> protocol=harness tasks=[wikitext,lambada_openai]
-    python -m krony.harness run --model krony --model_args pretrained=<...> --tasks hellaswag
+    python -m krony.eval.harness run --model krony --model_args pretrained=<...> --tasks hellaswag
 
 both run `lm_eval`'s own evaluation: the second is lm-eval's command line itself, started after
 the registration (lm-eval 0.4 has no plugin discovery, so a bare `lm_eval --model krony` cannot
@@ -13,7 +13,7 @@ see a model class that lives in another package). Any lm-eval task works; the sc
 detokenisation and metrics are lm-eval's.
 
 Offline, `data_dir=` (or `--data_dir` on the command line) swaps in our definitions of
-`wikitext` and `lambada_openai` (`krony/harness/tasks/`): the same YAML as lm-eval's, the same
+`wikitext` and `lambada_openai` (`krony/eval/harness/tasks/`): the same YAML as lm-eval's, the same
 scoring functions, but the documents come from local files: the WikiText pages rebuilt from
 `wikitext-2-raw/wiki.test.raw` exactly as the hub's `EleutherAI/wikitext_document_level`
 builds them, and OpenAI's LAMBADA jsonl.
@@ -37,7 +37,7 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm.auto import tqdm
 
 from krony.config import HARNESS_TASKS
-from krony.evaluate import file_sha256, lambada_rows_from_file, local_file
+from krony.eval.data import file_sha256, lambada_rows_from_file, local_file
 from krony.tokenizer import EOT, gpt2_encoding
 
 TASKS_DIR = Path(__file__).parent / "tasks"
@@ -78,7 +78,7 @@ class KronyLM(TemplateLM):
         if model is None:
             if pretrained is None:
                 raise ValueError("KronyLM needs pretrained=<run dir, model dir, weights file or hub name>")
-            from krony.eval import resolve_model
+            from krony.hf import resolve_model
 
             model, _ = resolve_model(str(pretrained))
         if device in (None, "auto"):

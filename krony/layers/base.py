@@ -1,0 +1,76 @@
+"""The interface every factored structure offers, so `krony.compress` and `krony.decompress`
+need nothing else (docs/method.md, "Structures").
+
+A structure is an `nn.Module` that stands in for one `nn.Linear` (weight (out, in), optional
+bias) and offers:
+
+- `for_matrix(dense, scheme, module, **options)`: construct it, empty, for one FFN matrix of a
+  model, sized by a scheme (a name or dims; what a scheme means is the structure's business);
+- `init_from(W, method, **options)`: set its factors from a dense weight W (out, in);
+- `to_dense()`: the weight it represents, (out, in);
+- `multiply_adds()`: its cost per token, in multiply-adds, on the path its forward takes;
+- `num_params()`: its parameter count (bias included);
+- `spec()`: the keyword arguments that rebuild it (saved in config.json);
+- `mlp_class`: the MLP subclass that runs a pair of these fused (None: the plain MLP).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from krony.config import check_factors
+
+
+class FactoredLinear(nn.Module):
+    """Base class of the factored stand-ins for `nn.Linear` (see the module docstring)."""
+
+    structure: ClassVar[str] = ""
+    """The structure's name in `krony.layers.STRUCTURES` and in saved configs."""
+    mlp_class: ClassVar[type[nn.Module] | None] = None
+    """An MLP subclass that fuses a c_fc/c_proj pair of this structure; None: the plain MLP."""
+    in_features: int
+    out_features: int
+    bias: nn.Parameter | None
+
+    @classmethod
+    def for_matrix(cls, dense: nn.Linear, scheme: Any, module: str, **options: Any) -> "FactoredLinear":
+        """An uninitialised layer for the FFN matrix `dense` (`module` is "c_fc" or "c_proj"),
+        on its device and dtype, sized by `scheme`."""
+        raise NotImplementedError
+
+    def init_from(self, W: torch.Tensor, method: str = "random", **options: Any) -> None:
+        """Set the factors from a dense weight W (out, in) with the init `method`."""
+        raise NotImplementedError
+
+    def to_dense(self) -> torch.Tensor:
+        """The weight this layer represents, (out_features, in_features)."""
+        raise NotImplementedError
+
+    def multiply_adds(self) -> int:
+        """Multiply-adds per token of the forward path the layer takes (a FLOP is 2 of them)."""
+        raise NotImplementedError
+
+    def spec(self) -> dict[str, Any]:
+        """Keyword arguments of the constructor that rebuild this layer (without its values)."""
+        raise NotImplementedError
+
+    def num_params(self) -> int:
+        """Parameters of the layer, bias included."""
+        return sum(p.numel() for p in self.parameters())
+
+    def to_linear(self) -> nn.Linear:
+        """An `nn.Linear` with the same weight and bias (a copy, detached from this layer)."""
+        ref = next(self.parameters())
+        lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
+                        device=ref.device, dtype=ref.dtype)
+        with torch.no_grad():
+            lin.weight.copy_(self.to_dense())
+            if self.bias is not None:
+                lin.bias.copy_(self.bias)
+        return lin
+
+
+__all__ = ["FactoredLinear", "check_factors"]
