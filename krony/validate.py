@@ -49,15 +49,14 @@ def _dims_of_hf_config(path: Path) -> dict[str, int]:
         raise ConfigError("model.teacher", str(path.parent), f"{path} is not a valid GPT-2 config.json: {e}") from None
 
 
-def _teacher_dims(model: dict[str, Any]) -> dict[str, int] | None:
+def _teacher_dims(teacher: str | None, teacher_config: dict[str, Any] | None) -> dict[str, int] | None:
     """n_embd, n_inner, block_size, n_layer of the teacher without loading weights; None if unknown."""
-    teacher = model.get("teacher")
     if teacher is None:
-        overrides = dict(model.get("teacher_config") or {})
+        overrides = dict(teacher_config or {})
         try:
             cfg = GPTConfig.from_preset(overrides.pop("preset", "gpt2"), **overrides)
         except (ValueError, TypeError) as e:
-            raise ConfigError("model.teacher_config", model.get("teacher_config"), str(e)) from None
+            raise ConfigError("model.teacher_config", teacher_config, str(e)) from None
         return {"n_embd": cfg.n_embd, "n_inner": cfg.ffn_dim, "block_size": cfg.block_size, "n_layer": cfg.n_layer}
     path = Path(str(teacher)).expanduser()
     if path.exists():
@@ -76,8 +75,7 @@ def _teacher_dims(model: dict[str, Any]) -> dict[str, int] | None:
     return {"n_embd": cfg.n_embd, "n_inner": cfg.ffn_dim, "block_size": cfg.block_size, "n_layer": cfg.n_layer}
 
 
-def _check_teacher(model: dict[str, Any]) -> None:
-    teacher = model.get("teacher")
+def _check_teacher(teacher: str | None) -> None:
     if teacher is None:
         return
     path = Path(str(teacher)).expanduser()
@@ -92,12 +90,12 @@ def _check_teacher(model: dict[str, Any]) -> None:
 
 def _check_model(model: ModelConfig, context: Any) -> None:
     """The model against its teacher: context, blocks, the scheme's dims and the init's limits."""
-    from krony.schemes import check_init, get_scheme
+    from krony.schemes import check_init, check_offsets, get_scheme
 
     if not isinstance(context, int) or isinstance(context, bool):
         raise ConfigError("context", context, "sequence length must be an integer, e.g. 1024")
-    _check_teacher({"teacher": model.teacher})
-    dims = _teacher_dims({"teacher": model.teacher, "teacher_config": model.teacher_config})
+    _check_teacher(model.teacher)
+    dims = _teacher_dims(model.teacher, model.teacher_config)
     if context < 1 or (dims and context > dims["block_size"]):
         limit = f"1 to {dims['block_size']}, the teacher's context" if dims else ">= 1"
         raise ConfigError("context", context, f"sequence length must be {limit}")
@@ -113,11 +111,15 @@ def _check_model(model: ModelConfig, context: Any) -> None:
         except ValueError as e:
             raise ConfigError("decomp", model.scheme, f"{module}: {e}") from None
         try:
-            check_init(model.init, scheme.a_dims_for(module), b_dims, model.factors, model.init_options, module)
+            check_init(model.init, scheme.a_dims_for(module), b_dims, model.factors, what=module)
         except ValueError as e:
-            key = "init.options.offsets" if "offset" in str(e) else "model.factors"
-            value = model.init_options.get("offsets") if key.startswith("init") else model.factors
-            raise ConfigError(key, value, f"{e}; use another init, fewer factors or other offsets") from None
+            raise ConfigError("model.factors", model.factors, f"{e}; use another init or fewer factors") from None
+        offsets = model.init_options.get("offsets") if model.init == "prune" else None
+        try:
+            if offsets is not None:
+                check_offsets(offsets, model.factors, b_dims, module)
+        except ValueError as e:
+            raise ConfigError("init.options.offsets", offsets, str(e)) from None
 
 
 def _check_trainer(trainer: dict[str, Any], optim: dict[str, Any]) -> None:
