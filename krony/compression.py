@@ -9,7 +9,7 @@ kept). Attention, embeddings and norms are untouched. Only the structure interfa
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -44,7 +44,7 @@ def select_layers(layers: str | Sequence[int], n_layer: int) -> list[int]:
 def compress(
     model: GPT,
     scheme: str | Scheme | tuple[int, int] = "81m",
-    init: str = "vanloan",
+    init: str | Callable[..., Any] = "vanloan",
     factors: int = 1,
     scalars: bool = False,
     layers: str | Sequence[int] = "all",

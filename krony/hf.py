@@ -7,9 +7,10 @@ Layout on disk (a directory): `config.json` + `model.safetensors`.
   `transformers.GPT2LMHeadModel.from_pretrained(dir)` loads them.
 - Compressed models use the same keys and layout for their dense parts, keep the factors
   of each factored layer under its module name (Kronecker: `...mlp.c_fc.A`, `.B`, `.scalars`,
-  `.bias`), and record each layer's structure and shape under `krony_layers` in `config.json`. Their `model_type` is `krony_gpt2`, so
-  `transformers` refuses them instead of silently loading random FFN weights: call
-  `krony.decompress(model)` first to hand a model to `transformers`.
+  `.bias`), and record each layer's structure and shape under `krony_layers` in
+  `config.json`, with `model_type: krony_gpt2`. `transformers.GPT2LMHeadModel` does not know
+  the factors: it would load such a folder with random FFN weights (and a warning), so call
+  `krony.decompress(model)` first to hand a model to plain `transformers`.
 
 HF's GPT-2 uses Conv1D, whose weight is the transpose of `nn.Linear`'s; exactly these four
 weights are transposed between the layouts: `attn.c_attn`, `attn.c_proj`, `mlp.c_fc`,

@@ -109,6 +109,14 @@ def test_lm_evals_own_command_line_runs_the_krony_model(tmp_path):
     assert_same(ours(str(tmp_path / "kron"), tmp_path)["results"], want, rel=1e-9)
 
 
+def test_lm_evals_default_device_falls_back_to_the_cpu_without_cuda():
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=32, vocab_size=50257, n_layer=1, n_head=2, n_embd=32))
+    assert KronyLM(model=model, device="cuda:0").device == torch.device("cpu")  # lm-eval's CLI default
+
+
 def test_generate_until_is_greedy_decoding_cut_at_the_stop_sequence():
     model = tiny(3)
     lm = KronyLM(model=model, device="cpu")

@@ -21,6 +21,7 @@ builds them, and OpenAI's LAMBADA jsonl.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,8 @@ from tqdm.auto import tqdm
 from krony.config import HARNESS_TASKS
 from krony.eval.data import file_sha256, lambada_rows_from_file, local_file
 from krony.tokenizer import EOT, gpt2_encoding
+
+log = logging.getLogger(__name__)
 
 TASKS_DIR = Path(__file__).parent / "tasks"
 """lm-eval task definitions that read local files (`include_path` for lm-eval's TaskManager)."""
@@ -83,6 +86,10 @@ class KronyLM(TemplateLM):
             model, _ = resolve_model(str(pretrained))
         if device in (None, "auto"):
             device = "cuda" if torch.cuda.is_available() else "cpu"
+        elif str(device).startswith("cuda") and not torch.cuda.is_available():
+            # lm-eval's command line asks for cuda:0 unless told otherwise; run where we can, as its HF model does
+            log.warning("device=%s requested but CUDA is not available: running on the CPU", device)
+            device = "cpu"
         self.model = model.to(device).eval()
         self._device = torch.device(device)
         self.batch_size = int(batch_size) if str(batch_size).isdigit() else 8
