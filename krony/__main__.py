@@ -1,4 +1,4 @@
-"""Command line: `python -m krony schemes` and `python -m krony compress ...`.
+"""Command line: `python -m krony schemes`, `python -m krony compress ...`, `python -m krony publish ...`.
 
     python -m krony schemes                                   # Table 1 with counts and forward paths
     python -m krony compress --model gpt2 --scheme 81m --out runs/81m
@@ -100,7 +100,25 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--fill", type=float, default=0.0, help="prune: value of the other entries of B (paper: 0 or 0.1)")
     c.add_argument("--out", help="directory to save the compressed model (krony layout)")
     c.add_argument("--dense-out", help="directory to save the decompressed model (HF GPT-2 layout)")
+    pub = sub.add_parser("publish", help="write a model folder with a model card and upload it to the hub")
+    pub.add_argument("source", help="a run directory (its export/ and records) or a model directory")
+    pub.add_argument("--repo", required=True, help="hub repository, org/name")
+    pub.add_argument("--private", action="store_true", help="create the repository private")
+    pub.add_argument("--dry-run", action="store_true", help="only write the folder (model, tokenizer, code, README.md)")
+    pub.add_argument("--out", help="where to write the folder (default: <run dir>/publish-<name>)")
     return p
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from krony.publish import prepare, upload
+
+    folder = prepare(args.source, args.repo, args.out)
+    print(f"wrote {folder} ({', '.join(sorted(p.name for p in folder.iterdir()))})")
+    if args.dry_run:
+        print("dry run: nothing uploaded")
+        return 0
+    print(f"uploaded: {upload(folder, args.repo, args.private)}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -109,6 +127,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "schemes":
             print(schemes_table())
             return 0
+        if args.command == "publish":
+            return cmd_publish(args)
         return cmd_compress(args)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)

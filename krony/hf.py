@@ -5,12 +5,14 @@ Layout on disk (a directory): `config.json` + `model.safetensors`.
 - Dense models are written exactly as Hugging Face writes GPT-2 (`model_type: gpt2`, keys
   `transformer.*`, Conv1D weights stored (in, out), tied `lm_head` left out), so
   `transformers.GPT2LMHeadModel.from_pretrained(dir)` loads them.
-- Compressed models use the same keys and layout for their dense parts, keep the factors
-  of each factored layer under its module name (Kronecker: `...mlp.c_fc.A`, `.B`, `.scalars`,
-  `.bias`), and record each layer's structure and shape under `krony_layers` in
-  `config.json`, with `model_type: krony_gpt2`. `transformers.GPT2LMHeadModel` does not know
-  the factors: it would load such a folder with random FFN weights (and a warning), so call
-  `krony.decompress(model)` first to hand a model to plain `transformers`.
+- Compressed models use the same keys and layout for their dense parts and keep each factored
+  layer's tensors under its module name: Kronecker `...mlp.c_fc.weight` (A, 3-D, stored under
+  the dense weight's key), `.B`, `.scalars`, `.bias`; `config.json` records each layer's
+  structure and shape under `krony_layers`, with `model_type: krony_gpt2`, an `auto_map` and
+  the remote-code files of `krony/hf_remote/` beside it, so
+  `AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)` runs the factored model
+  without krony. Without `trust_remote_code` the Auto classes refuse the folder and name the
+  flag; a plain `GPT2LMHeadModel` stops on A's shape rather than loading random FFN weights.
 
 HF's GPT-2 uses Conv1D, whose weight is the transpose of `nn.Linear`'s; exactly these four
 weights are transposed between the layouts: `attn.c_attn`, `attn.c_proj`, `mlp.c_fc`,
@@ -41,6 +43,8 @@ TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "ml
 SKIPPED = (".attn.bias", ".attn.masked_bias")
 """Causal-mask buffers in old HF checkpoints; not parameters."""
 
+REMOTE_CODE = Path(__file__).parent / "hf_remote"
+"""transformers remote-code files copied into compressed exports (they import only transformers)."""
 LAYERS_KEY = "krony_layers"
 """config.json key of the factored layers: {module name: {"structure": ..., **its spec}}."""
 LEGACY_KRONECKER_KEY = "krony_kronecker"
@@ -69,15 +73,20 @@ def from_hf_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def to_hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
-    """Our state dict -> HF GPT-2 layout: Conv1D weights transposed, tied `lm_head` left out.
+    """Our state dict -> HF GPT-2 layout: Conv1D weights transposed, tied `lm_head` left out,
+    and each factored layer's `stored_as_weight` factor (Kronecker: A) under the dense
+    weight's key, `<module>.weight`: a plain `GPT2LMHeadModel` then stops on its shape instead
+    of loading random FFN weights (`from_hf_state_dict` + `load_model` undo it).
 
     Tensors are contiguous copies, ready for safetensors.
     """
+    renamed = {f"{name}.{layer.stored_as_weight}": f"{name}.weight" for name, layer in factored_layers(model).items()}
     out = {}
     for key, value in model.state_dict().items():
+        key = renamed.get(key, key)
         if key == "lm_head.weight" and model.config.tie_embeddings:
             continue
-        if key.endswith(TRANSPOSED):
+        if key.endswith(TRANSPOSED) and value.ndim == 2:  # a factor under a weight's key (3-D) is not
             value = value.t()
         out[key] = value.detach().contiguous().clone()
     return out
@@ -150,8 +159,10 @@ def hf_config_dict(model: GPT) -> dict[str, Any]:
     }
     layers = layers_spec(model)
     if layers:
-        d["architectures"] = ["KronyGPT"]
+        d["architectures"] = ["KronyGPT2LMHeadModel"]
         d["model_type"] = "krony_gpt2"
+        d["auto_map"] = {"AutoConfig": "configuration_krony_gpt2.KronyGPT2Config",
+                         "AutoModelForCausalLM": "modeling_krony_gpt2.KronyGPT2LMHeadModel"}
         d[LAYERS_KEY] = layers
     return d
 
@@ -294,7 +305,10 @@ def load_model(name_or_path: str | os.PathLike, **overrides: Any) -> GPT:
     model = GPT(config)
     for name, spec in saved_layers(cfg_dict).items():
         spec = dict(spec)
-        install(model, name, get_structure(spec.pop("structure"))(**spec))
+        layer = get_structure(spec.pop("structure"))(**spec)
+        install(model, name, layer)
+        if f"{name}.weight" in sd:  # the factor stored under the dense weight's key (see to_hf_state_dict)
+            sd[f"{name}.{layer.stored_as_weight}"] = sd.pop(f"{name}.weight")
     load_state_dict_checked(model, sd)
     return model
 
@@ -313,14 +327,19 @@ def resolve_model(name_or_path: str) -> tuple[GPT, Path | None]:
 
 def save_model(model: GPT, directory: str | os.PathLike) -> Path:
     """Write config.json + model.safetensors into `directory` (created), atomic per file, and
-    GPT-2's tokenizer files (`krony.tokenizer.save_hf_tokenizer`)."""
+    GPT-2's tokenizer files (`krony.tokenizer.save_hf_tokenizer`); a compressed model also gets
+    the remote-code files of `krony/hf_remote/` that transformers loads it with."""
     from safetensors.torch import save_file
 
     from krony.tokenizer import save_hf_tokenizer
 
     out = Path(directory)
     atomic_write(out / "model.safetensors", lambda tmp: save_file(to_hf_state_dict(model), tmp, metadata={"format": "pt"}))
-    write_text(out / "config.json", json.dumps(hf_config_dict(model), indent=2) + "\n")
+    config = hf_config_dict(model)
+    write_text(out / "config.json", json.dumps(config, indent=2) + "\n")
+    if "auto_map" in config:  # factored: transformers runs it with trust_remote_code=True
+        for src in sorted(REMOTE_CODE.glob("*_krony_gpt2.py")):
+            write_text(out / src.name, src.read_text())
     save_hf_tokenizer(out)
     return out
 

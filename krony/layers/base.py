@@ -11,7 +11,8 @@ bias) and offers:
 - `multiply_adds()`: its cost per token, in multiply-adds, on the path its forward takes;
 - `num_params()`: its parameter count (bias included);
 - `spec()`: the keyword arguments that rebuild it (saved in config.json);
-- `mlp_class`: the MLP subclass that runs a pair of these fused (None: the plain MLP).
+- `mlp_class`: the MLP subclass that runs a pair of these fused (None: the plain MLP);
+- `stored_as_weight`: which of its parameters saved files keep under `<module>.weight`.
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ class FactoredLinear(nn.Module):
     """The structure's name in `krony.layers.STRUCTURES` and in saved configs."""
     mlp_class: ClassVar[type[nn.Module] | None] = None
     """An MLP subclass that fuses a c_fc/c_proj pair of this structure; None: the plain MLP."""
+    stored_as_weight: ClassVar[str] = ""
+    """The parameter saved files keep under the dense weight's key (`<module>.weight`), so a
+    loader that expects a dense matrix stops on its shape (`krony.hf.to_hf_state_dict`)."""
     in_features: int
     out_features: int
     bias: nn.Parameter | None

@@ -254,6 +254,7 @@ class KroneckerLinear(FactoredLinear):
     """
 
     structure = "kronecker"
+    stored_as_weight = "A"
 
     def __init__(
         self,
