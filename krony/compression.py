@@ -51,6 +51,8 @@ def compress(
     path: str = "auto",
     progress: bool = False,
     structure: str | type[FactoredLinear] = "kronecker",
+    budget: int | None = None,
+    structure_options: dict[str, Any] | None = None,
     **init_kwargs: Any,
 ) -> GPT:
     """Replace `c_fc` and `c_proj` of the selected blocks by factored layers, in place.
@@ -65,7 +67,12 @@ def compress(
         layers: "all", "odd", "even" or a list of block indices.
         path: forward path of the new layers ("auto" picks the cheapest).
         progress: show a progress bar over the matrices.
-        structure: the factored structure (`krony.layers.STRUCTURES`): "kronecker".
+        structure: the factored structure (`krony.layers.STRUCTURES`): "kronecker", "lowrank" or
+            "monarch". Lowrank and monarch are sized to the parameter count of `scheme` (the
+            Kronecker scheme with `factors`), or of `budget`.
+        budget: lowrank / monarch: the model's parameter count to aim at (Table-1 convention)
+            instead of a scheme's; each structure takes the size nearest to it.
+        structure_options: options of the structure's constructor, e.g. {"nblocks": 8} for monarch.
         init_kwargs: options of the init, e.g. `normalize=True`, `svd="lowrank"`, `offsets=...`, `fill=0.1`.
 
     Returns the same model object.
@@ -75,12 +82,17 @@ def compress(
     blocks = select_layers(layers, model.config.n_layer)
     # build every new layer first and swap them in at the end, so a failure leaves the model as it was
     todo = [(i, name) for i in blocks for name in FFN_MODULES]
+    if budget is not None:
+        if cls is KroneckerLinear:
+            raise ValueError("a Kronecker layer is sized by its scheme; budget= sizes lowrank and monarch")
+        dense_weights = sum(getattr(model.transformer.h[i].mlp, name).weight.numel() for i, name in todo)
+        scheme = max(1, round((budget - (count_params(model) - dense_weights)) / len(todo)))  # per matrix
     new_layers = []
     for i, name in tqdm(todo, desc=f"compress {scheme}", disable=not progress, unit="matrix"):
         dense = getattr(model.transformer.h[i].mlp, name)
         if isinstance(dense, FactoredLinear):
             raise ValueError(f"block {i} {name} is already compressed; call krony.decompress(model) first")
-        layer = cls.for_matrix(dense, scheme, name, factors=factors, scalars=scalars, path=path)
+        layer = cls.for_matrix(dense, scheme, name, factors=factors, scalars=scalars, path=path, **(structure_options or {}))
         if not dense.weight.is_meta:
             with torch.no_grad():
                 layer.init_from(dense.weight, init, **init_kwargs)
@@ -145,18 +157,22 @@ def count_params(model: GPT, convention: str = "table1") -> int:
 
 
 def model_size(
-    scheme: str | Scheme | tuple[int, int] | None = None,
+    scheme: str | Scheme | tuple[int, int] | int | None = None,
     factors: int = 1,
     scalars: bool = False,
     config: GPTConfig | None = None,
     layers: str | Sequence[int] = "all",
     convention: str = "table1",
+    structure: str = "kronecker",
+    **structure_options: Any,
 ) -> int:
-    """Parameter count of a (compressed) model, built on the meta device: no memory, no init."""
+    """Parameter count of a (compressed) model, built on the meta device: no memory, no init.
+    `structure` other than kronecker is sized to `scheme`'s budget (see `compress`)."""
     with torch.device("meta"):
         model = GPT(config or GPTConfig())
     if scheme is not None:
-        compress(model, scheme, init="random", factors=factors, scalars=scalars, layers=layers)
+        compress(model, scheme, init="random", factors=factors, scalars=scalars, layers=layers, structure=structure,
+                 structure_options=structure_options or None)
     return count_params(model, convention)
 
 

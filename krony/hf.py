@@ -54,11 +54,12 @@ LEGACY_KRONECKER_KEY = "krony_kronecker"
 # ---------------------------------------------------------------- state dict conversion
 
 
-def from_hf_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def from_hf_state_dict(sd: dict[str, torch.Tensor], factored: set[str] | frozenset[str] = frozenset()) -> dict[str, torch.Tensor]:
     """HF GPT-2 keys and layout (`GPT2LMHeadModel` or bare `GPT2Model`) -> ours.
 
     Adds the `transformer.` prefix where missing, transposes the Conv1D weights, drops the
-    causal-mask buffers. Kronecker factors (`.A`, `.B`, `.scalars`) pass unchanged.
+    causal-mask buffers. The tensors of the `factored` modules (their factors, one of them under
+    `<module>.weight`) pass unchanged.
     """
     out = {}
     for key, value in sd.items():
@@ -66,7 +67,7 @@ def from_hf_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             continue
         if not key.startswith(("transformer.", "lm_head.")):
             key = "transformer." + key
-        if key.endswith(TRANSPOSED) and value.ndim == 2:
+        if key.endswith(TRANSPOSED) and value.ndim == 2 and key.rpartition(".")[0] not in factored:
             value = value.t()
         out[key] = value
     return out
@@ -83,10 +84,11 @@ def to_hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
     renamed = {f"{name}.{layer.stored_as_weight}": f"{name}.weight" for name, layer in factored_layers(model).items()}
     out = {}
     for key, value in model.state_dict().items():
-        key = renamed.get(key, key)
         if key == "lm_head.weight" and model.config.tie_embeddings:
             continue
-        if key.endswith(TRANSPOSED) and value.ndim == 2:  # a factor under a weight's key (3-D) is not
+        if key in renamed:  # a factor under the weight's key keeps its own layout
+            key = renamed[key]
+        elif key.endswith(TRANSPOSED):
             value = value.t()
         out[key] = value.detach().contiguous().clone()
     return out
@@ -299,8 +301,8 @@ def load_model(name_or_path: str | os.PathLike, **overrides: Any) -> GPT:
         raise ValueError(f"no such file or directory: {path}")
     else:
         weights, cfg_path = model_files(str(name_or_path))
-    sd = from_hf_state_dict(read_weights(weights))
     cfg_dict = read_config(cfg_path) if cfg_path else {}
+    sd = from_hf_state_dict(read_weights(weights), set(saved_layers(cfg_dict)))
     config = config_from_hf(cfg_dict, **overrides) if cfg_dict else config_from_state_dict(sd, **overrides)
     model = GPT(config)
     for name, spec in saved_layers(cfg_dict).items():

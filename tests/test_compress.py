@@ -95,8 +95,8 @@ def test_the_structure_interface_of_the_kronecker_layer():
     assert type(layer)(**layer.spec()).A.shape == layer.A.shape
     x = torch.randn(5, 64)
     torch.testing.assert_close(layer.to_linear()(x), layer(x), atol=1e-4, rtol=1e-4)
-    with pytest.raises(ValueError, match="unknown structure 'monarch'; valid choices: kronecker"):
-        compress(GPT(GPTConfig(block_size=8, vocab_size=11, n_layer=1, n_head=2, n_embd=64)), "32x16", structure="monarch")
+    with pytest.raises(ValueError, match="unknown structure 'butterfly'; valid choices: kronecker, lowrank, monarch"):
+        compress(GPT(GPTConfig(block_size=8, vocab_size=11, n_layer=1, n_head=2, n_embd=64)), "32x16", structure="butterfly")
 
 
 def test_normalisation_lands_in_scalars_or_in_a(tiny_model):

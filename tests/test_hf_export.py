@@ -40,7 +40,8 @@ SCRIPT = textwrap.dedent("""
             "max_diff": (logits - ref["logits"]).abs().max().item(),
             "greedy": greedy.tolist(),
             "text": text[0]["generated_text"],
-            "factored": sorted(n for n, m in model.named_modules() if type(m).__name__ == "KroneckerLinear"),
+            "factored": sorted(n for n, m in model.named_modules()
+                               if type(m).__name__ in ("KroneckerLinear", "LowRankLinear", "MonarchLinear")),
         })
     print(json.dumps(seen))
 """)
@@ -67,9 +68,12 @@ def small_gpt() -> GPT:
     return GPT(GPTConfig(block_size=64, vocab_size=50257, n_layer=2, n_head=4, n_embd=64)).eval()
 
 
+STRUCTURE_CLASSES = ("KroneckerLinear", "LowRankLinear", "MonarchLinear")
 SETTINGS = [dict(scheme=(32, 16), factors=2, scalars=True),  # every block, learned scalars
             dict(scheme=(64, 16), factors=1, layers=[1]),  # one block factored, one dense
-            dict(scheme=(128, 32), factors=3, init="prune")]
+            dict(scheme=(128, 32), factors=3, init="prune"),
+            dict(scheme="128x32", structure="lowrank"),  # the other structures travel the same way
+            dict(scheme="128x32", structure="monarch")]
 
 
 def test_transformers_loads_the_factored_model_without_krony(tmp_path):
@@ -87,7 +91,7 @@ def test_transformers_loads_the_factored_model_without_krony(tmp_path):
         assert seen["max_diff"] < 1e-5
         assert seen["params"] == count_params(model)
         assert seen["greedy"] == model.generate(ref["prompt"], ref["new"], temperature=0.0).tolist()  # KV caches
-        assert seen["factored"] == sorted(n for n, m in model.named_modules() if type(m).__name__ == "KroneckerLinear")
+        assert seen["factored"] == sorted(n for n, m in model.named_modules() if type(m).__name__ in STRUCTURE_CLASSES)
         assert seen["text"].startswith("Hello world")
 
 

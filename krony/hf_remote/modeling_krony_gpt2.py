@@ -1,11 +1,11 @@
-"""A GPT-2 whose FFN matrices are sums of Kronecker products (Krony-PT), for transformers'
-remote code: `AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)`.
+"""A GPT-2 whose FFN matrices are factored: sums of Kronecker products (Krony-PT), low-rank or
+Monarch, for transformers' remote code: `AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)`.
 
 Written by krony into every compressed export; it imports only torch and transformers, so the
 folder loads where krony is not installed. The model is transformers' own `GPT2LMHeadModel`
 (attention, KV cache, masks, generation, pipelines) with each factored `c_fc` / `c_proj`
-replaced by `KroneckerLinear`, which computes x @ W^T + b for W = sum_i s_i kron(A_i, B_i)
-without building W. Everything else keeps GPT-2's layout and keys.
+replaced by its structure's layer, which computes x @ W^T + b without building W. Everything
+else keeps GPT-2's layout and keys.
 """
 
 import torch
@@ -49,7 +49,43 @@ class KroneckerLinear(nn.Module):
         return f"A=({m1}, {n1}), B={tuple(self.B.shape[1:])}, factors={r}, scalars={self.scalars is not None}"
 
 
-STRUCTURES = {"kronecker": KroneckerLinear}
+class LowRankLinear(nn.Module):
+    """y = x Vᵀ Uᵀ + b, U (out, r) stored as `weight`, V (r, in)."""
+
+    def __init__(self, in_features, out_features, rank, bias=True):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = nn.Parameter(torch.zeros(out_features, rank))  # U
+        self.V = nn.Parameter(torch.zeros(rank, in_features))
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+
+    def forward(self, x):
+        y = (x @ self.V.to(x.dtype).mT) @ self.weight.to(x.dtype).mT
+        return y if self.bias is None else y + self.bias.to(y.dtype)
+
+
+class MonarchLinear(nn.Module):
+    """Two block-diagonal factors with a permutation between them (Dao et al. 2022): R (m, m·b, in/m)
+    stored as `weight`, L (m, out/m, m·b); every (out/m, in/m) block of W has rank b."""
+
+    def __init__(self, in_features, out_features, nblocks, block_rank, bias=True):
+        super().__init__()
+        m, b = nblocks, block_rank
+        self.in_features, self.out_features, self.nblocks, self.block_rank = in_features, out_features, m, b
+        self.weight = nn.Parameter(torch.zeros(m, m * b, in_features // m))  # R
+        self.L = nn.Parameter(torch.zeros(m, out_features // m, m * b))
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+
+    def forward(self, x):
+        m, b = self.nblocks, self.block_rank
+        lead = x.shape[:-1]
+        t = torch.bmm(x.reshape(-1, m, self.in_features // m).transpose(0, 1), self.weight.to(x.dtype).mT)
+        t = t.reshape(m, -1, m, b).permute(2, 1, 0, 3).reshape(m, -1, m * b)  # the permutation between blocks
+        y = torch.bmm(t, self.L.to(t.dtype).mT).transpose(0, 1).reshape(*lead, self.out_features)
+        return y if self.bias is None else y + self.bias.to(y.dtype)
+
+
+STRUCTURES = {"kronecker": KroneckerLinear, "lowrank": LowRankLinear, "monarch": MonarchLinear}
 
 
 class KronyGPT2LMHeadModel(GPT2LMHeadModel):
@@ -70,8 +106,9 @@ class KronyGPT2LMHeadModel(GPT2LMHeadModel):
             setattr(self.get_submodule(parent), child, STRUCTURES[structure](**spec))
 
     def _init_weights(self, module):
-        if isinstance(module, KroneckerLinear):  # overwritten by the checkpoint; a valid start otherwise
-            nn.init.normal_(module.weight, std=0.02 ** 0.5)
-            nn.init.normal_(module.B, std=0.02 ** 0.5)
+        if isinstance(module, tuple(STRUCTURES.values())):  # overwritten by the checkpoint; a valid start otherwise
+            for p in module.parameters():
+                if p is not module.bias:
+                    nn.init.normal_(p, std=0.02 ** 0.5)
             return
         super()._init_weights(module)

@@ -5,6 +5,8 @@ W, `to_dense()`, cost per token, parameter count, a spec to rebuild it.
 - `base`: the interface and the one check of a factor count.
 - `kronecker`: sum_i s_i kron(A_i, B_i), its forward paths and cost model, the fused MLP.
 - `kronecker_init`: Van Loan, pruning and random inits of the Kronecker factors.
+- `lowrank`: W = U V, rank r, the truncated-SVD init.
+- `monarch`: two block-diagonal factors with a permutation (Dao et al. 2022), the block-SVD projection.
 
 A new structure subclasses `FactoredLinear` and registers in `STRUCTURES`; `krony.compress`
 and the Hugging Face files (`krony.hf`) then handle it.
@@ -14,8 +16,10 @@ from __future__ import annotations
 
 from krony.layers.base import FactoredLinear, check_factors
 from krony.layers.kronecker import KroneckerLinear
+from krony.layers.lowrank import LowRankLinear
+from krony.layers.monarch import MonarchLinear
 
-STRUCTURES: dict[str, type[FactoredLinear]] = {KroneckerLinear.structure: KroneckerLinear}
+STRUCTURES: dict[str, type[FactoredLinear]] = {cls.structure: cls for cls in (KroneckerLinear, LowRankLinear, MonarchLinear)}
 """Every structure by the name configs and saved models use."""
 
 
@@ -28,4 +32,5 @@ def get_structure(name: str | type[FactoredLinear]) -> type[FactoredLinear]:
     return STRUCTURES[name]
 
 
-__all__ = ["STRUCTURES", "FactoredLinear", "KroneckerLinear", "check_factors", "get_structure"]
+__all__ = ["STRUCTURES", "FactoredLinear", "KroneckerLinear", "LowRankLinear", "MonarchLinear", "check_factors",
+           "get_structure"]

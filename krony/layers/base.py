@@ -25,6 +25,19 @@ from torch import nn
 from krony.config import check_factors
 
 
+def per_matrix_budget(scheme: Any, in_features: int, out_features: int, module: str, factors: int = 1) -> int:
+    """Parameters one FFN matrix may take: an int is the count itself; a scheme (name or dims) gives
+    its Kronecker count with `factors` for this matrix (`c_fc` is (n_inner, n_embd), `c_proj` the transpose)."""
+    if isinstance(scheme, int) and not isinstance(scheme, bool):
+        if scheme < 1:
+            raise ValueError(f"a parameter budget must be >= 1 per matrix, got {scheme}")
+        return scheme
+    from krony.schemes import get_scheme
+
+    n_embd, n_inner = (in_features, out_features) if module == "c_fc" else (out_features, in_features)
+    return get_scheme(scheme).params_per_matrix(factors, n_embd, n_inner)
+
+
 class FactoredLinear(nn.Module):
     """Base class of the factored stand-ins for `nn.Linear` (see the module docstring)."""
 
@@ -77,4 +90,4 @@ class FactoredLinear(nn.Module):
         return lin
 
 
-__all__ = ["FactoredLinear", "check_factors"]
+__all__ = ["FactoredLinear", "check_factors", "per_matrix_budget"]

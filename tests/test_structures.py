@@ -1,0 +1,91 @@
+"""The structures beside Kronecker behind the same interface: low-rank and Monarch. Each forward
+equals x @ to_dense().T + b; each optimal init is what the theory says; each is sized to a
+Table-1 budget within 0.5% of its parameter count."""
+
+import pytest
+import torch
+
+from krony import GPT, GPTConfig, compress, count_params, decompress, model_size
+from krony.layers import STRUCTURES, LowRankLinear, MonarchLinear
+from krony.schemes import TABLE1
+
+SHAPES = [(64, 256), (256, 64), (96, 48)]  # (in, out)
+
+
+def make(structure: str, in_features: int, out_features: int):
+    if structure == "lowrank":
+        return LowRankLinear(in_features, out_features, rank=5)
+    return MonarchLinear(in_features, out_features, nblocks=4 if in_features % 4 == 0 else 3, block_rank=2)
+
+
+@pytest.mark.parametrize("structure", ["lowrank", "monarch"])
+@pytest.mark.parametrize("in_features,out_features", SHAPES)
+def test_forward_equals_the_dense_weight(structure, in_features, out_features):
+    torch.manual_seed(0)
+    layer = make(structure, in_features, out_features).double()
+    with torch.no_grad():
+        layer.bias.normal_()
+    x = torch.randn(3, 5, in_features, dtype=torch.float64)
+    torch.testing.assert_close(layer(x), x @ layer.to_dense().T + layer.bias)
+    torch.testing.assert_close(layer.to_linear()(x), layer(x))
+    assert layer.num_params() == layer.multiply_adds() + out_features  # factors (= cost per token) + bias
+    assert type(layer)(**layer.spec()).to_dense().shape == (out_features, in_features)
+
+
+@pytest.mark.parametrize("rank", [1, 7, 32])
+def test_lowrank_init_error_is_the_norm_of_the_discarded_singular_values(rank):
+    torch.manual_seed(1)
+    W = torch.randn(96, 48, dtype=torch.float64)
+    layer = LowRankLinear(48, 96, rank).double()
+    layer.init_from(W, "svd")
+    discarded = torch.linalg.svdvals(W)[rank:]
+    assert (W - layer.to_dense()).norm().item() == pytest.approx(discarded.norm().item(), rel=1e-10)
+
+
+@pytest.mark.parametrize("nblocks,block_rank", [(2, 1), (4, 3), (8, 2)])
+def test_monarch_projection_is_exact_for_a_monarch_matrix(nblocks, block_rank):
+    torch.manual_seed(2)
+    W = MonarchLinear(64, 256, nblocks, block_rank).double().to_dense()  # a random Monarch matrix
+    layer = MonarchLinear(64, 256, nblocks, block_rank).double()
+    layer.init_from(W, "project")
+    torch.testing.assert_close(layer.to_dense(), W, atol=1e-10, rtol=1e-10)
+
+
+def test_monarch_projection_beats_its_own_random_and_uses_each_blocks_svd():
+    torch.manual_seed(3)
+    W = torch.randn(256, 64, dtype=torch.float64)
+    layer = MonarchLinear(64, 256, 4, 2).double()
+    layer.init_from(W, "project")
+    blocks = W.reshape(4, 64, 4, 16).transpose(1, 2)  # (j, i, 64, 16): every block keeps its top 2 singular values
+    discarded = torch.linalg.svdvals(blocks)[..., 2:]
+    assert (W - layer.to_dense()).norm().item() == pytest.approx(discarded.norm().item(), rel=1e-10)
+
+
+@pytest.mark.parametrize("structure", ["lowrank", "monarch"])
+def test_table1_budgets_land_within_half_a_percent(structure):
+    for scheme in TABLE1:
+        target = model_size(scheme.key)
+        got = model_size(scheme.key, structure=structure)
+        assert abs(got - target) / target < 0.005, (scheme.key, got, target)
+
+
+@pytest.mark.parametrize("structure", ["lowrank", "monarch"])
+def test_a_total_parameter_budget_sizes_the_structure(structure):
+    with torch.device("meta"):
+        model = GPT(GPTConfig())
+    compress(model, structure=structure, budget=81_972_576)
+    assert abs(count_params(model) - 81_972_576) / 81_972_576 < 0.005
+    with pytest.raises(ValueError, match="sized by its scheme"):
+        compress(GPT(GPTConfig(n_layer=1, n_embd=64, n_head=2, vocab_size=11, block_size=8)), budget=10_000)
+
+
+@pytest.mark.parametrize("structure", ["lowrank", "monarch"])
+def test_compress_decompress_and_the_optimal_init_of_each_structure(structure, tiny_model, tokens):
+    dense_logits = tiny_model(tokens)[0]
+    full = {"lowrank": dict(structure_options=None, scheme=64 * 320),  # rank 64 = full rank of (256, 64)
+            "monarch": dict(structure_options={"nblocks": 4}, scheme=4 * 16 * 320)}[structure]  # b = 16 = in/m
+    compress(tiny_model, full["scheme"], init="vanloan", structure=structure, structure_options=full["structure_options"])
+    assert all(type(m).__name__ == STRUCTURES[structure].__name__ for n, m in tiny_model.named_modules() if n.endswith("c_fc"))
+    torch.testing.assert_close(tiny_model(tokens)[0], dense_logits, atol=1e-4, rtol=1e-4)  # full size rebuilds W
+    decompress(tiny_model)
+    torch.testing.assert_close(tiny_model(tokens)[0], dense_logits, atol=1e-4, rtol=1e-4)
