@@ -18,6 +18,10 @@ from typing import Any, Mapping
 
 INIT_METHODS = ("vanloan", "prune", "random")
 """Initialisations of the Kronecker factors, by name (`krony.layers.kronecker_init.INITS` maps them to functions)."""
+STRUCTURE_NAMES = ("kronecker", "lowrank", "monarch")
+"""Factored structures (`krony.layers.STRUCTURES`); lowrank and monarch are sized to the scheme's budget."""
+KRONECKER_ONLY_INITS = ("prune",)
+"""Inits only a Kronecker layer has (the others take vanloan, their optimal projection, or random)."""
 KINDS = ("krony", "distil", "dense")
 """What a run trains: krony (compressed FFNs), distil (a shallower student), dense (the teacher as is)."""
 SCHEDULES = ("constant", "cosine", "wsd")
@@ -226,7 +230,11 @@ class ModelConfig:
     scheme: str = "81m"
     """krony: a scheme name (`python -m krony schemes`) or A dims of c_fc as "m1xn1"; set by `decomp=`."""
     init: str = "vanloan"
-    """krony: vanloan | prune | random."""
+    """krony: vanloan | prune | random (vanloan: each structure's optimal projection)."""
+    structure: str = "kronecker"
+    """krony: kronecker | lowrank | monarch (the latter two sized to the scheme's parameter count); set by `structure=`."""
+    structure_options: dict[str, Any] = field(default_factory=dict)
+    """krony: constructor options of the structure, e.g. {nblocks: 4} for monarch."""
     init_options: dict[str, Any] = field(default_factory=dict)
     """krony: options of the init, e.g. {normalize: true} or {fill: 0.1}."""
     factors: int = 1
@@ -262,6 +270,10 @@ class ModelConfig:
             except ValueError as e:
                 raise ConfigError("scheme", self.scheme, str(e)) from None
             check_choice("init", self.init, INIT_METHODS)
+            check_choice("structure", self.structure, STRUCTURE_NAMES)
+            if self.structure != "kronecker" and self.init in KRONECKER_ONLY_INITS:
+                raise ConfigError("init", self.init, f"a Kronecker init; {self.structure} takes vanloan (its optimal "
+                                  "projection) or random")
             unknown = sorted(set(self.init_options) - set(INIT_OPTIONS[self.init]))
             if unknown:
                 raise ConfigError(f"init_options.{unknown[0]}", self.init_options[unknown[0]],
@@ -367,7 +379,7 @@ class DistillConfig:
 
 
 __all__ = [
-    "DISTILGPT2_LAYERS", "INIT_METHODS", "INIT_OPTIONS", "KINDS", "LAYER_SETS", "PRESETS", "SCHEDULES",
+    "DISTILGPT2_LAYERS", "INIT_METHODS", "INIT_OPTIONS", "KINDS", "LAYER_SETS", "PRESETS", "SCHEDULES", "STRUCTURE_NAMES",
     "ConfigError", "DistillConfig", "FreezeConfig", "GPTConfig", "ModelConfig", "OptimConfig",
     "check_choice", "check_factors", "from_config", "suggest", "to_dict",
 ]

@@ -110,6 +110,13 @@ def _check_model(model: ModelConfig, context: Any) -> None:
             b_dims = scheme.b_dims_for(module, dims["n_embd"], dims["n_inner"])
         except ValueError as e:
             raise ConfigError("decomp", model.scheme, f"{module}: {e}") from None
+        if model.structure == "monarch":
+            m = int(model.structure_options.get("nblocks", 4))
+            if dims["n_embd"] % m or dims["n_inner"] % m:
+                raise ConfigError("structure.options.nblocks", m, f"must divide both FFN dims ({dims['n_embd']}, "
+                                  f"{dims['n_inner']})")
+        if model.structure != "kronecker":
+            continue  # the scheme is only the budget there: its inits' limits do not apply
         try:
             check_init(model.init, scheme.a_dims_for(module), b_dims, model.factors, what=module)
         except ValueError as e:

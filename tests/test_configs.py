@@ -45,7 +45,7 @@ def test_decomp_takes_any_scheme_by_name_or_dims(tmp_path):
     assert cfg.run_name == "32x16-vanloan-r1" and model_size(cfg.model.scheme) > 0
 
 
-@pytest.mark.parametrize("group", ["init", "freeze", "distill", "model", "optim", "code"])
+@pytest.mark.parametrize("group", ["init", "freeze", "distill", "model", "optim", "code", "structure"])
 def test_module_builds_for_every_option(tmp_path, group):
     for option in options(group):
         cfg = make_cfg(tmp_path, [f"{group}={option}", *EXTRA.get((group, option), [])])
@@ -102,6 +102,7 @@ def test_run_names(tmp_path):
     assert make_cfg(tmp_path, ["model=multifactor", "decomp=mf2"]).run_name == "mf2-vanloan-r4-s"
     assert make_cfg(tmp_path, ["distill=on", "freeze=embeddings"]).run_name == "81m-vanloan-r1-kd-frz_emb"
     assert make_cfg(tmp_path, ["model=distilgpt2"]).run_name == "distilgpt2-kd"
+    assert make_cfg(tmp_path, ["structure=lowrank", "decomp=67m"]).run_name == "67m-lowrank-vanloan-r1"
 
 
 LEAF = re.compile(r"^\s*[A-Za-z_][\w/]*:\s*\S")  # "key: value" (block headers have no value)

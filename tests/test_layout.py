@@ -5,7 +5,8 @@ import ast
 import inspect
 from pathlib import Path
 
-from krony.config import INIT_METHODS, INIT_OPTIONS
+from krony.config import INIT_METHODS, INIT_OPTIONS, STRUCTURE_NAMES
+from krony.layers import STRUCTURES
 from krony.layers.kronecker_init import INITS
 
 PACKAGE = Path(__file__).resolve().parents[1] / "krony"
@@ -58,6 +59,10 @@ def test_config_and_schemes_import_no_torch():
     for name in ("krony.config", "krony.schemes", "krony.validate"):
         source = (PACKAGE / (name.split(".")[1] + ".py")).read_text()
         assert "import torch" not in source, name
+
+
+def test_structure_names_are_the_registered_structures():
+    assert tuple(STRUCTURES) == STRUCTURE_NAMES
 
 
 def test_init_options_table_matches_the_init_functions():

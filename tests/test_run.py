@@ -104,6 +104,21 @@ def test_notebook_runs_on_the_sweep(smoke_sweep):
 
 
 @pytest.mark.slow
+def test_structures_sweep_at_one_budget(tmp_path):
+    """Kronecker, low-rank and Monarch at the 67m budget, one command, offline."""
+    out = krony_run(["-m", "structure=kronecker,lowrank,monarch", "decomp=67m", "experiment=smoke", "trainer.max_steps=1",
+                     "trainer.val_check_interval=1", "trainer.limit_val_batches=1"], tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    sweep = next((tmp_path / "logs" / "sweeps").iterdir())
+    kinds = {}
+    for name in ("67m-vanloan-r1", "67m-lowrank-vanloan-r1", "67m-monarch-vanloan-r1"):
+        model = GPT.from_pretrained(sweep / name / "export")
+        kinds[name] = type(model.transformer.h[0].mlp.c_fc).__name__
+    assert kinds == {"67m-vanloan-r1": "KroneckerLinear", "67m-lowrank-vanloan-r1": "LowRankLinear",
+                     "67m-monarch-vanloan-r1": "MonarchLinear"}
+
+
+@pytest.mark.slow
 def test_sweep_survives_a_failed_job(tmp_path):
     # 96m has B (2, 1): at most 2 factors, so r=3 fails; 81m (B (4, 1)) runs, at GPT-2 width under
     # bf16-mixed (its outer-product and contraction paths once crashed there)

@@ -29,6 +29,16 @@ def test_unknown_scheme(tmp_path):
     assert e.key == "decomp" and e.value == "85m" and "valid names: 67m" in str(e)
 
 
+def test_structure_rules(tmp_path):
+    e = error_for(tmp_path, ["structure=lowrank", "init=prune"])
+    assert e.key == "init.method" and "lowrank takes vanloan (its optimal projection) or random" in str(e)
+    e = error_for(tmp_path, ["structure=monarch", "structure.options.nblocks=5"])
+    assert e.key == "structure.options.nblocks" and "must divide both FFN dims (768, 3072)" in str(e)
+    e = error_for(tmp_path, ["structure=lowrank", "model.structure=butterfly"])
+    assert e.key == "model.structure" and "valid choices: kronecker, lowrank, monarch" in str(e)
+    assert problems(make_cfg(tmp_path, ["structure=monarch", "decomp=96m", "model.factors=3"])) == []  # no Kronecker limits
+
+
 def test_evaluation_after_training(tmp_path, monkeypatch):
     e = error_for(tmp_path, ["callbacks.eval.protocol=lm-eval"])
     assert str(e) == "callbacks.eval.protocol='lm-eval': valid choices: paper, sliding, harness"
