@@ -40,7 +40,8 @@ def test_a_bad_config_and_help_answer_in_under_3_seconds(tmp_path):
     assert out.returncode == 0 and seconds < 3, f"--help took {seconds:.1f} s"
     # options with the comments of their YAML files
     assert "factors: 1                  # Kronecker products per matrix (r)" in out.stdout
-    assert "init        initialisation of the Kronecker factors" in out.stdout
+    assert "init        initialisation of the factors (vanloan: each structure's optimal projection)" in out.stdout
+    assert "structure   factored structure at the decomp's budget: kronecker | lowrank | monarch" in out.stdout
     assert "prune prune_fill random [vanloan] vanloan_authors vanloan_norm" in out.stdout
     out, _ = krony_run(["--help", "init"], tmp_path)
     assert "init=prune_fill" in out.stdout and "fill: 0.1                 # value of B's other entries" in out.stdout

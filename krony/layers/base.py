@@ -17,12 +17,19 @@ bias) and offers:
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from krony.config import check_factors
+
+
+def random_std(std: float, terms: int) -> float:
+    """Std of each factor's entries so that a sum of `terms` products of two independent normal
+    draws (a Kronecker sum's entry, a low-rank or Monarch product's) has standard deviation `std`."""
+    return math.sqrt(std / math.sqrt(terms))
 
 
 def per_matrix_budget(scheme: Any, in_features: int, out_features: int, module: str, factors: int = 1) -> int:
@@ -90,4 +97,4 @@ class FactoredLinear(nn.Module):
         return lin
 
 
-__all__ = ["FactoredLinear", "check_factors", "per_matrix_budget"]
+__all__ = ["FactoredLinear", "check_factors", "per_matrix_budget", "random_std"]

@@ -41,8 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from krony.layers.base import FactoredLinear, check_factors
-from krony.layers.kronecker_init import get_init, random_std
+from krony.layers.base import FactoredLinear, check_factors, random_std
+from krony.layers.kronecker_init import get_init
 from krony.model import MLP
 from krony.schemes import check_dims, get_scheme
 

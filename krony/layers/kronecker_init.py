@@ -8,14 +8,13 @@ They are registered by name in `INITS` so configs can pick one.
 
 from __future__ import annotations
 
-import math
 from typing import Callable, Sequence
 
 import torch
 from einops import rearrange
 
 from krony.config import INIT_METHODS
-from krony.layers.base import check_factors
+from krony.layers.base import check_factors, random_std
 from krony.schemes import check_dims, check_init
 
 Factors = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
@@ -161,11 +160,6 @@ def random_factors(
     return A, B, torch.ones(factors, dtype=W.dtype, device=W.device)
 
 
-def random_std(std: float, factors: int) -> float:
-    """Std of each factor's entries so that sum of r products A_i kron B_i has entries of std `std`."""
-    return math.sqrt(std / math.sqrt(factors))
-
-
 InitFn = Callable[..., Factors]
 
 INITS: dict[str, InitFn] = dict(zip(INIT_METHODS, (vanloan, prune, random_factors)))
@@ -181,4 +175,4 @@ def get_init(name: str | InitFn) -> InitFn:
     return INITS[name]
 
 
-__all__ = ["INITS", "default_offsets", "get_init", "prune", "random_factors", "random_std", "rearranged", "top_singular", "vanloan"]
+__all__ = ["INITS", "default_offsets", "get_init", "prune", "random_factors", "rearranged", "top_singular", "vanloan"]

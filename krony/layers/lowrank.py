@@ -7,14 +7,13 @@ Frobenius-optimal rank-r approximation: its error is the norm of the singular va
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from krony.layers.base import FactoredLinear, check_factors, per_matrix_budget
+from krony.layers.base import FactoredLinear, check_factors, per_matrix_budget, random_std
 
 
 OPTIMAL = ("svd", "vanloan")
@@ -59,7 +58,7 @@ class LowRankLinear(FactoredLinear):
         (`svd="exact"` in float64, `"lowrank"` randomised as `torch.svd_lowrank`), `normalize` scales
         so that ‖UV‖_F = ‖W‖_F; `random`: normal factors, entries of UV with std `std`."""
         if method == "random":  # each entry of U V has std `std`: a sum of r products of N(0, σ²) draws
-            sigma = math.sqrt(std / math.sqrt(self.rank))
+            sigma = random_std(std, self.rank)
             self.U.normal_(0.0, sigma)
             self.V.normal_(0.0, sigma)
             return

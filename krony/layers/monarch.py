@@ -14,13 +14,12 @@ Frobenius projection: the top-b SVD of every block, so a W that is itself Monarc
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 from torch import nn
 
-from krony.layers.base import FactoredLinear, check_factors, per_matrix_budget
+from krony.layers.base import FactoredLinear, check_factors, per_matrix_budget, random_std
 
 OPTIMAL = ("project", "vanloan")
 """Names of the optimal init; `vanloan` so that a sweep's `init=vanloan` means the best start of every structure."""
@@ -72,7 +71,7 @@ class MonarchLinear(FactoredLinear):
         approximation; `normalize` scales it to ‖W‖_F; `random`: entries of the product with std `std`."""
         m, b = self.nblocks, self.block_rank
         if method == "random":  # each entry of a block is a sum of b products of N(0, σ²) draws
-            sigma = math.sqrt(std / math.sqrt(b))
+            sigma = random_std(std, b)
             self.R.normal_(0.0, sigma)
             self.L.normal_(0.0, sigma)
             return
