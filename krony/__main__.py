@@ -1,6 +1,7 @@
 """Command line: `python -m krony schemes`, `python -m krony compress ...`, `python -m krony publish ...`.
 
     python -m krony schemes                                   # Table 1 with counts and forward paths
+    python -m krony schemes --structure lowrank               # low-rank (or monarch) at every Table-1 budget
     python -m krony compress --model gpt2 --scheme 81m --out runs/81m
     python -m krony compress --model gpt2 --random-weights --scheme 67m   # offline, no download
 """
@@ -16,6 +17,7 @@ import torch
 from krony.compression import CONVENTIONS, compress, count_params, decompress, kronecker_layers, model_size
 from krony.config import PRESETS, GPTConfig
 from krony.layers.kronecker_init import INITS
+from krony.layers import STRUCTURES
 from krony.layers.kronecker import path_costs
 from krony.model import GPT
 from krony.schemes import NAMED, get_scheme
@@ -37,6 +39,25 @@ def schemes_table() -> str:
             f"| {best} | {costs[best] / costs['dense']:.3f} |"
         )
     rows.append(f"\nDense GPT-2 small: {dense_size:,} parameters (Table-1 convention).")
+    return "\n".join(rows)
+
+
+def structure_table(structure: str) -> str:
+    """Markdown table of `structure` sized to every scheme's budget: its size, the model's count
+    beside the Kronecker one, and the multiply-adds of `c_fc` per token against dense."""
+    rows = [
+        f"| budget | Kronecker model | {structure} (c_fc) | model size | off by | c_fc multiply-adds vs dense |",
+        "| --- | ---: | --- | ---: | ---: | ---: |",
+    ]
+    for s in NAMED:
+        target = model_size(s)
+        with torch.device("meta"):
+            model = compress(GPT(GPTConfig()), s.key, init="random", structure=structure)
+        fc = model.transformer.h[0].mlp.c_fc
+        size = ", ".join(f"{k}={v}" for k, v in fc.spec().items() if k not in ("in_features", "out_features", "bias"))
+        got = count_params(model)
+        rows.append(f"| {s.key} | {target:,} | {size} | {got:,} | {(got - target) / target:+.2%} "
+                    f"| {fc.multiply_adds() / (fc.in_features * fc.out_features):.3f} |")
     return "\n".join(rows)
 
 
@@ -85,7 +106,9 @@ def cmd_compress(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m krony", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("schemes", help="print Table 1 with parameter counts and forward paths")
+    sc = sub.add_parser("schemes", help="print Table 1 with parameter counts and forward paths")
+    sc.add_argument("--structure", default="kronecker", choices=list(STRUCTURES),
+                    help="lowrank / monarch: that structure sized to every scheme's budget")
     c = sub.add_parser("compress", help="compress a GPT-2 checkpoint and report its size")
     c.add_argument("--model", default="gpt2", help="hub name, local directory or weights file (default gpt2)")
     c.add_argument("--random-weights", action="store_true", help=f"random weights of a preset instead of loading ({', '.join(PRESETS)})")
@@ -125,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "schemes":
-            print(schemes_table())
+            print(schemes_table() if args.structure == "kronecker" else structure_table(args.structure))
             return 0
         if args.command == "publish":
             return cmd_publish(args)

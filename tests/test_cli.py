@@ -22,6 +22,14 @@ def test_schemes_command_prints_table1():
     assert "124,439,808" in out
 
 
+def test_schemes_command_sizes_the_other_structures(capsys):
+    assert main(["schemes", "--structure", "lowrank"]) == 0
+    out = capsys.readouterr().out
+    assert "| 81m | 81,972,576 | rank=154 | 82,009,344 | +0.04% |" in out  # r (768 + 3072) nearest 589,828
+    assert main(["schemes", "--structure", "monarch"]) == 0
+    assert "| 96m | 96,128,304 | nblocks=4, block_rank=77 | 96,201,984 | +0.08% |" in capsys.readouterr().out
+
+
 def test_compress_command_on_a_local_checkpoint(tiny_model, tmp_path, capsys):
     tiny_model.save_pretrained(tmp_path / "dense")
     rc = main(["compress", "--model", str(tmp_path / "dense"), "--scheme", "128x32", "--factors", "4",
