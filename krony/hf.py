@@ -54,20 +54,24 @@ LEGACY_KRONECKER_KEY = "krony_kronecker"
 # ---------------------------------------------------------------- state dict conversion
 
 
-def from_hf_state_dict(sd: dict[str, torch.Tensor], factored: set[str] | frozenset[str] = frozenset()) -> dict[str, torch.Tensor]:
+def from_hf_state_dict(sd: dict[str, torch.Tensor], stored: dict[str, str] | None = None) -> dict[str, torch.Tensor]:
     """HF GPT-2 keys and layout (`GPT2LMHeadModel` or bare `GPT2Model`) -> ours.
 
     Adds the `transformer.` prefix where missing, transposes the Conv1D weights, drops the
-    causal-mask buffers. The tensors of the `factored` modules (their factors, one of them under
-    `<module>.weight`) pass unchanged.
+    causal-mask buffers. `stored` maps each factored module to the factor its file keeps under
+    `<module>.weight` (`to_hf_state_dict`): that tensor gets its own name back, untransposed.
     """
+    stored = stored or {}
     out = {}
     for key, value in sd.items():
         if key.endswith(SKIPPED):
             continue
         if not key.startswith(("transformer.", "lm_head.")):
             key = "transformer." + key
-        if key.endswith(TRANSPOSED) and value.ndim == 2 and key.rpartition(".")[0] not in factored:
+        module, _, leaf = key.rpartition(".")
+        if module in stored:
+            key = f"{module}.{stored[module]}" if leaf == "weight" else key
+        elif key.endswith(TRANSPOSED) and value.ndim == 2:
             value = value.t()
         out[key] = value
     return out
@@ -77,7 +81,7 @@ def to_hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
     """Our state dict -> HF GPT-2 layout: Conv1D weights transposed, tied `lm_head` left out,
     and each factored layer's `stored_as_weight` factor (Kronecker: A) under the dense
     weight's key, `<module>.weight`: a plain `GPT2LMHeadModel` then stops on its shape instead
-    of loading random FFN weights (`from_hf_state_dict` + `load_model` undo it).
+    of loading random FFN weights (`from_hf_state_dict` undoes it).
 
     Tensors are contiguous copies, ready for safetensors.
     """
@@ -302,15 +306,13 @@ def load_model(name_or_path: str | os.PathLike, **overrides: Any) -> GPT:
     else:
         weights, cfg_path = model_files(str(name_or_path))
     cfg_dict = read_config(cfg_path) if cfg_path else {}
-    sd = from_hf_state_dict(read_weights(weights), set(saved_layers(cfg_dict)))
+    layers = {name: (get_structure(spec["structure"]), {k: v for k, v in spec.items() if k != "structure"})
+              for name, spec in saved_layers(cfg_dict).items()}
+    sd = from_hf_state_dict(read_weights(weights), {name: cls.stored_as_weight for name, (cls, _) in layers.items()})
     config = config_from_hf(cfg_dict, **overrides) if cfg_dict else config_from_state_dict(sd, **overrides)
     model = GPT(config)
-    for name, spec in saved_layers(cfg_dict).items():
-        spec = dict(spec)
-        layer = get_structure(spec.pop("structure"))(**spec)
-        install(model, name, layer)
-        if f"{name}.weight" in sd:  # the factor stored under the dense weight's key (see to_hf_state_dict)
-            sd[f"{name}.{layer.stored_as_weight}"] = sd.pop(f"{name}.weight")
+    for name, (cls, spec) in layers.items():
+        install(model, name, cls(**spec))
     load_state_dict_checked(model, sd)
     return model
 

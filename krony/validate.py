@@ -187,7 +187,7 @@ def sections(cfg: DictConfig) -> dict[str, Any]:
     there instead when one does not build)."""
     container = OmegaConf.to_container(cfg, resolve=True)
     part = lambda name: {k: v for k, v in (container.get(name) or {}).items() if k != "_target_"}  # noqa: E731
-    out: dict[str, Any] = {name: part(name) for name in ("model", "optim", "freeze", "distill", "data", "trainer")}
+    out: dict[str, Any] = {name: part(name) for name in ("model", "optim", "data", "trainer")}
     out.update(callbacks=container.get("callbacks") or {}, context=container.get("context", 1024),
                ckpt_path=container.get("ckpt_path"))
     for name in TYPED:
@@ -208,6 +208,14 @@ def _typed(cfg: DictConfig, container: dict[str, Any], name: str) -> Any:
         return e
 
 
+def _check_freeze(parts: dict[str, Any]) -> None:
+    """Frozen scalars against the model, once both built (a model that did not build is its own problem)."""
+    model = parts["model_cfg"]
+    freeze = _built(parts, "freeze")
+    if not isinstance(model, ConfigError):
+        freeze.check_model(model)
+
+
 def _built(parts: dict[str, Any], name: str) -> Any:
     """A typed section, raising its `ConfigError` when it did not build."""
     value = parts[f"{name}_cfg"]
@@ -221,7 +229,7 @@ CHECKS: list[Callable[[dict[str, Any]], None]] = [
     lambda s: _check_model(_built(s, "model"), s["context"]),
     lambda s: _built(s, "optim"),
     lambda s: _check_trainer(s["trainer"], s["optim"]),
-    lambda s: _built(s, "freeze").check_model(_built(s, "model")),
+    _check_freeze,
     lambda s: _built(s, "distill"),
     lambda s: _check_data(s["data"]),
     lambda s: _check_eval(s["callbacks"]),
@@ -230,15 +238,14 @@ CHECKS: list[Callable[[dict[str, Any]], None]] = [
 
 def problems(cfg: DictConfig) -> list[ConfigError]:
     """Every check's first problem (one per area: checkpoint, model, optim, trainer, freeze,
-    distill, data, evaluation), each reported once."""
+    distill, data, evaluation)."""
     parts = sections(cfg)
     found: list[ConfigError] = []
     for check in CHECKS:
         try:
             check(parts)
         except ConfigError as e:
-            if all(str(e) != str(f) for f in found):  # the model's error again under freeze
-                found.append(e)
+            found.append(e)
     return found
 
 

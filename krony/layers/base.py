@@ -5,7 +5,8 @@ A structure is an `nn.Module` that stands in for one `nn.Linear` (weight (out, i
 bias) and offers:
 
 - `for_matrix(dense, scheme, module, **options)`: construct it, empty, for one FFN matrix of a
-  model, sized by a scheme (a name or dims; what a scheme means is the structure's business);
+  model, sized by a scheme (a name or dims; what a scheme means is the structure's business;
+  the default sizes a structure to the scheme's parameter count through its `size_for`);
 - `init_from(W, method, **options)`: set its factors from a dense weight W (out, in);
 - `to_dense()`: the weight it represents, (out, in);
 - `multiply_adds()`: its cost per token, in multiply-adds, on the path its forward takes;
@@ -60,9 +61,23 @@ class FactoredLinear(nn.Module):
     bias: nn.Parameter | None
 
     @classmethod
-    def for_matrix(cls, dense: nn.Linear, scheme: Any, module: str, **options: Any) -> "FactoredLinear":
+    def for_matrix(cls, dense: nn.Linear, scheme: Any, module: str, factors: int = 1, scalars: bool = False,
+                   path: str = "auto", **size_options: Any) -> "FactoredLinear":
         """An uninitialised layer for the FFN matrix `dense` (`module` is "c_fc" or "c_proj"),
-        on its device and dtype, sized by `scheme`."""
+        on its device and dtype, sized by `scheme`.
+
+        This default serves the structures sized to a budget: `size_for(in, out, params,
+        **size_options)` gives the constructor's size for the parameter count of `scheme`
+        (`per_matrix_budget`); `scalars` and `path` are Kronecker's and unused here. Kronecker,
+        whose scheme sets its dims, overrides it."""
+        target = per_matrix_budget(scheme, dense.in_features, dense.out_features, module, factors)
+        W = dense.weight
+        return cls(dense.in_features, dense.out_features, bias=dense.bias is not None, device=W.device, dtype=W.dtype,
+                   **cls.size_for(dense.in_features, dense.out_features, target, **size_options))
+
+    @staticmethod
+    def size_for(in_features: int, out_features: int, params: float, **size_options: Any) -> dict[str, int]:
+        """Constructor arguments giving the size nearest `params` parameters (budget-sized structures)."""
         raise NotImplementedError
 
     def init_from(self, W: torch.Tensor, method: str = "random", **options: Any) -> None:

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from krony.layers.base import FactoredLinear, check_factors, per_matrix_budget, random_std
+from krony.layers.base import FactoredLinear, check_factors, random_std
 
 
 OPTIMAL = ("svd", "vanloan")
@@ -42,14 +42,6 @@ class LowRankLinear(FactoredLinear):
     def size_for(in_features: int, out_features: int, params: float) -> dict[str, int]:
         """The rank whose r·(in + out) is nearest `params` (at least 1)."""
         return {"rank": max(1, round(params / (in_features + out_features)))}
-
-    @classmethod
-    def for_matrix(cls, dense: nn.Linear, scheme: Any, module: str, factors: int = 1, **_: Any) -> "LowRankLinear":
-        """Sized to the parameter count of `scheme` (a Kronecker scheme with `factors`, or a count per matrix)."""
-        target = per_matrix_budget(scheme, dense.in_features, dense.out_features, module, factors)
-        W = dense.weight
-        return cls(dense.in_features, dense.out_features, bias=dense.bias is not None, device=W.device, dtype=W.dtype,
-                   **cls.size_for(dense.in_features, dense.out_features, target))
 
     @torch.no_grad()
     def init_from(self, W: torch.Tensor | None, method: str = "svd", normalize: bool = False, svd: str = "exact",

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from krony.layers.base import FactoredLinear, check_factors, per_matrix_budget, random_std
+from krony.layers.base import FactoredLinear, check_factors, random_std
 
 OPTIMAL = ("project", "vanloan")
 """Names of the optimal init; `vanloan` so that a sweep's `init=vanloan` means the best start of every structure."""
@@ -50,15 +50,6 @@ class MonarchLinear(FactoredLinear):
         """The block rank whose m·b·(in + out) is nearest `params` (at least 1), for m = `nblocks`."""
         return {"nblocks": nblocks, "block_rank": max(1, round(params / (nblocks * (in_features + out_features))))}
 
-    @classmethod
-    def for_matrix(cls, dense: nn.Linear, scheme: Any, module: str, factors: int = 1, nblocks: int = 4,
-                   **_: Any) -> "MonarchLinear":
-        """m = `nblocks` blocks, the block rank sized to the parameter count of `scheme` (see `per_matrix_budget`)."""
-        target = per_matrix_budget(scheme, dense.in_features, dense.out_features, module, factors)
-        W = dense.weight
-        return cls(dense.in_features, dense.out_features, bias=dense.bias is not None, device=W.device, dtype=W.dtype,
-                   **cls.size_for(dense.in_features, dense.out_features, target, nblocks))
-
     def _blocks(self, W: torch.Tensor) -> torch.Tensor:
         """W (out, in) -> its grid of blocks (m_out j, m_in i, out/m, in/m)."""
         m = self.nblocks
@@ -66,9 +57,10 @@ class MonarchLinear(FactoredLinear):
 
     @torch.no_grad()
     def init_from(self, W: torch.Tensor | None, method: str = "project", normalize: bool = False,
-                  std: float = 0.02, **_: Any) -> None:
+                  std: float = 0.02, svd: str = "exact", niter: int = 10) -> None:
         """`project` (alias `vanloan`): the top-b SVD of each block, the Frobenius-optimal Monarch
-        approximation; `normalize` scales it to ‖W‖_F; `random`: entries of the product with std `std`."""
+        approximation; `normalize` scales it to ‖W‖_F; `random`: entries of the product with std `std`.
+        `svd` and `niter` are the options `init=vanloan` carries: the block SVDs are always exact."""
         m, b = self.nblocks, self.block_rank
         if method == "random":  # each entry of a block is a sum of b products of N(0, σ²) draws
             sigma = random_std(std, b)
