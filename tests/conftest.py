@@ -6,8 +6,10 @@ as `python -m krony.run` would (with experiment=smoke), `krony_run` runs that co
 subprocess, offline."""
 
 import os
+import shutil
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -38,6 +40,16 @@ def krony_run(args: list[str], cwd: Path, env: dict[str, str] = ENV, timeout: in
     """`python -m krony.run *args` in `cwd`, output captured."""
     return subprocess.run([sys.executable, "-m", "krony.run", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout)
+
+
+@contextmanager
+def module_dir(tmp_path_factory, name: str):
+    """A directory for a module-scoped fixture, removed once the module's tests are done (kept when
+    the fixture itself failed). pytest keeps such directories after the session, and a smoke run
+    writes about 0.7 GB."""
+    path = tmp_path_factory.mktemp(name)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def make_cfg(tmp_path: Path, overrides: list[str]):

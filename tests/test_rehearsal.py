@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import module_dir
 from hubcache import HUB_GPT2_CONFIG, hub_gpt2_files, put_eval_datasets, put_openwebtext, put_repo
 
 from krony import GPT, kronecker_layers
@@ -25,12 +26,12 @@ def env_with_cache(hf_home: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def hub_home(tmp_path_factory) -> Path:
     """HF_HOME with hub/ holding gpt2 (full size, random weights), OpenWebText and the eval sets."""
-    home = tmp_path_factory.mktemp("hf_home")
-    cache = home / "hub"
-    put_repo(cache, "model", "openai-community/gpt2", hub_gpt2_files(HUB_GPT2_CONFIG, seed=0))
-    put_openwebtext(cache)
-    put_eval_datasets(cache)
-    return home
+    with module_dir(tmp_path_factory, "hf_home") as home:
+        cache = home / "hub"
+        put_repo(cache, "model", "openai-community/gpt2", hub_gpt2_files(HUB_GPT2_CONFIG, seed=0))
+        put_openwebtext(cache)
+        put_eval_datasets(cache)
+        yield home
 
 
 def run(args: list[str], cwd: Path, env: dict[str, str], module: str = "krony.run", timeout: int = 900):

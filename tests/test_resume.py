@@ -16,6 +16,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from conftest import module_dir
 from krony.train.resume import config_changes, job_identity, job_key, latest_checkpoint
 
 TESTS = Path(__file__).resolve().parent
@@ -89,15 +90,15 @@ def weights(directory: Path) -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    root = tmp_path_factory.mktemp("reference")
-    run(root)
-    d = job_dir(root)
-    # retention: the newest 2 periodic checkpoints (of 5 written), last.ckpt linking the newest
-    # (the smoke experiment keeps no best.ckpt: it validates once, at the end)
-    names = sorted(p.name for p in (d / "checkpoints").iterdir())
-    assert names == ["last.ckpt", "step00000008.ckpt", "step00000010.ckpt"]
-    assert (d / "checkpoints" / "last.ckpt").resolve().name == "step00000010.ckpt"
-    return losses(d), weights(d)
+    with module_dir(tmp_path_factory, "reference") as root:
+        run(root)
+        d = job_dir(root)
+        # retention: the newest 2 periodic checkpoints (of 5 written), last.ckpt linking the newest
+        # (the smoke experiment keeps no best.ckpt: it validates once, at the end)
+        names = sorted(p.name for p in (d / "checkpoints").iterdir())
+        assert names == ["last.ckpt", "step00000008.ckpt", "step00000010.ckpt"]
+        assert (d / "checkpoints" / "last.ckpt").resolve().name == "step00000010.ckpt"
+        yield losses(d), weights(d)
 
 
 def assert_same_as_reference(root: Path, reference) -> Path:

@@ -12,7 +12,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import metadata as hp_metadata
 
-from conftest import ENV, krony_run
+from conftest import ENV, krony_run, module_dir
 from krony import GPT, kronecker_layers
 
 def events(run_dir: Path) -> EventAccumulator:
@@ -26,10 +26,10 @@ def events(run_dir: Path) -> EventAccumulator:
 @pytest.fixture(scope="module")
 def smoke_sweep(tmp_path_factory) -> Path:
     """The README's offline sweep, run once for the tests that read it: exactly the command."""
-    root = tmp_path_factory.mktemp("sweep")
-    out = krony_run(["-m", "decomp=67m,81m,96m", "init=vanloan,prune", "experiment=smoke"], root)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return root
+    with module_dir(tmp_path_factory, "sweep") as root:
+        out = krony_run(["-m", "decomp=67m,81m,96m", "init=vanloan,prune", "experiment=smoke"], root)
+        assert out.returncode == 0, out.stderr[-3000:]
+        yield root
 
 
 @pytest.mark.slow
