@@ -2,6 +2,7 @@
 
     python -m krony schemes                                   # Table 1 with counts and forward paths
     python -m krony schemes --structure lowrank               # low-rank (or monarch) at every Table-1 budget
+    python -m krony schemes --structure monarch --match flops # ... at the Kronecker layers' multiply-adds
     python -m krony compress --model gpt2 --scheme 81m --out runs/81m
     python -m krony compress --model gpt2 --random-weights --scheme 67m   # offline, no download
 """
@@ -14,8 +15,8 @@ from typing import Sequence
 
 import torch
 
-from krony.compression import CONVENTIONS, compress, count_params, decompress, kronecker_layers, model_size
-from krony.config import PRESETS, GPTConfig
+from krony.compression import CONVENTIONS, compress, count_params, decompress, factored_layers, model_size
+from krony.config import MATCHES, PRESETS, GPTConfig
 from krony.layers.kronecker_init import INITS
 from krony.layers import STRUCTURES
 from krony.layers.kronecker import path_costs
@@ -42,21 +43,30 @@ def schemes_table() -> str:
     return "\n".join(rows)
 
 
-def structure_table(structure: str) -> str:
-    """Markdown table of `structure` sized to every scheme's budget: its size, the model's count
-    beside the Kronecker one, and the multiply-adds of `c_fc` per token against dense."""
+def ffn_multiply_adds(model: GPT) -> int:
+    """Multiply-adds per token of a model's factored FFN layers (their forward paths)."""
+    return sum(layer.multiply_adds() for layer in factored_layers(model).values())
+
+
+def structure_table(structure: str, match: str = "params") -> str:
+    """Markdown table of `structure` sized to every scheme's budget (`match`: its parameter count
+    or its Kronecker layers' multiply-adds): the size, the model's parameters and FFN
+    multiply-adds per token beside the Kronecker model's, and c_fc's cost against dense."""
     rows = [
-        f"| budget | Kronecker model | {structure} (c_fc) | model size | off by | c_fc multiply-adds vs dense |",
-        "| --- | ---: | --- | ---: | ---: | ---: |",
+        f"| budget | Kronecker model | {structure} (c_fc) | model size | off by | FFN multiply-adds (Kronecker) "
+        f"| off by | c_fc multiply-adds vs dense |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for s in NAMED:
-        target = model_size(s)
         with torch.device("meta"):
-            model = compress(GPT(GPTConfig()), s.key, init="random", structure=structure)
+            kron = compress(GPT(GPTConfig()), s.key, init="random")
+            model = compress(GPT(GPTConfig()), s.key, init="random", structure=structure, match=match)
         fc = model.transformer.h[0].mlp.c_fc
         size = ", ".join(f"{k}={v}" for k, v in fc.spec().items() if k not in ("in_features", "out_features", "bias"))
-        got = count_params(model)
+        got, target = count_params(model), count_params(kron)
+        madds, kron_madds = ffn_multiply_adds(model), ffn_multiply_adds(kron)
         rows.append(f"| {s.key} | {target:,} | {size} | {got:,} | {(got - target) / target:+.2%} "
+                    f"| {madds:,} ({kron_madds:,}) | {(madds - kron_madds) / kron_madds:+.2%} "
                     f"| {fc.multiply_adds() / (fc.in_features * fc.out_features):.3f} |")
     return "\n".join(rows)
 
@@ -71,7 +81,7 @@ def _load(args: argparse.Namespace) -> GPT:
 @torch.no_grad()
 def _relative_error(before: dict[str, torch.Tensor], model: GPT) -> float:
     """Mean over compressed matrices of ||W - W_hat||_F / ||W||_F."""
-    errs = [((before[n] - layer.to_dense()).norm() / before[n].norm()).item() for n, layer in kronecker_layers(model).items()]
+    errs = [((before[n] - layer.to_dense()).norm() / before[n].norm()).item() for n, layer in factored_layers(model).items()]
     return sum(errs) / len(errs)
 
 
@@ -88,9 +98,12 @@ def cmd_compress(args: argparse.Namespace) -> int:
     elif args.init == "prune":
         init_kwargs = {"fill": args.fill}
     layers = args.layers if args.layers in ("all", "odd", "even") else [int(i) for i in args.layers.split(",")]
-    compress(model, scheme, args.init, args.factors, args.scalars, layers, progress=True, **init_kwargs)
+    compress(model, scheme, args.init, args.factors, args.scalars, layers, progress=True, structure=args.structure,
+             match=args.match, **init_kwargs)
     logits_after, _ = model(idx)
-    print(f"scheme {scheme.key}, init {args.init}, factors {args.factors}, scalars {args.scalars}")
+    fc = model.transformer.h[layers[0] if isinstance(layers, list) else 0].mlp.c_fc
+    size = "" if args.structure == "kronecker" else f" ({args.match}-matched: {fc.extra_repr()})"
+    print(f"scheme {scheme.key}, structure {args.structure}{size}, init {args.init}, factors {args.factors}, scalars {args.scalars}")
     for c in CONVENTIONS:
         n = count_params(model, c)
         print(f"  parameters ({c}): {n:,}  (dense {dense_counts[c]:,}, {n / dense_counts[c]:.1%})")
@@ -109,12 +122,18 @@ def build_parser() -> argparse.ArgumentParser:
     sc = sub.add_parser("schemes", help="print Table 1 with parameter counts and forward paths")
     sc.add_argument("--structure", default="kronecker", choices=list(STRUCTURES),
                     help="lowrank / monarch: that structure sized to every scheme's budget")
+    sc.add_argument("--match", default="params", choices=list(MATCHES),
+                    help="size lowrank / monarch to the scheme's parameters or to its Kronecker multiply-adds")
     c = sub.add_parser("compress", help="compress a GPT-2 checkpoint and report its size")
     c.add_argument("--model", default="gpt2", help="hub name, local directory or weights file (default gpt2)")
     c.add_argument("--random-weights", action="store_true", help=f"random weights of a preset instead of loading ({', '.join(PRESETS)})")
     c.add_argument("--seed", type=int, default=0, help="seed for --random-weights and the probe sequence")
     c.add_argument("--scheme", default="81m", help="Table-1 name or A dims of c_fc as m1xn1 (see `python -m krony schemes`)")
     c.add_argument("--init", default="vanloan", choices=sorted(INITS), help="factor initialisation")
+    c.add_argument("--structure", default="kronecker", choices=list(STRUCTURES),
+                   help="lowrank / monarch: sized to the scheme's budget (init vanloan: their optimal projection)")
+    c.add_argument("--match", default="params", choices=list(MATCHES),
+                   help="lowrank / monarch: the scheme's parameters or its Kronecker multiply-adds")
     c.add_argument("--factors", type=int, default=1, help="Kronecker products per matrix (r)")
     c.add_argument("--scalars", action="store_true", help="learnable scalar per factor")
     c.add_argument("--layers", default="all", help="all, odd, even, or comma-separated block indices")
@@ -148,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "schemes":
-            print(schemes_table() if args.structure == "kronecker" else structure_table(args.structure))
+            print(schemes_table() if args.structure == "kronecker" else structure_table(args.structure, args.match))
             return 0
         if args.command == "publish":
             return cmd_publish(args)

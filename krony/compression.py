@@ -9,19 +9,21 @@ kept). Attention, embeddings and norms are untouched. Only the structure interfa
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from krony.config import LAYER_SETS, GPTConfig
+from krony.config import CONVENTIONS, KRONECKER_ONLY_INITS, LAYER_SETS, MATCHES, GPTConfig, check_choice
 from krony.layers import FactoredLinear, KroneckerLinear, check_factors, get_structure
+from krony.layers.base import per_matrix_budget
 from krony.model import GPT
 from krony.schemes import Scheme
 
 FFN_MODULES = ("c_fc", "c_proj")
-CONVENTIONS = ("table1", "no_output_embedding", "non_embedding")
+log = logging.getLogger(__name__)
 
 
 def select_layers(layers: str | Sequence[int], n_layer: int) -> list[int]:
@@ -53,6 +55,7 @@ def compress(
     structure: str | type[FactoredLinear] = "kronecker",
     budget: int | None = None,
     structure_options: dict[str, Any] | None = None,
+    match: str = "params",
     **init_kwargs: Any,
 ) -> GPT:
     """Replace `c_fc` and `c_proj` of the selected blocks by factored layers, in place.
@@ -73,6 +76,9 @@ def compress(
         budget: lowrank / monarch: the model's parameter count to aim at (Table-1 convention)
             instead of a scheme's; each structure takes the size nearest to it.
         structure_options: options of the structure's constructor, e.g. {"nblocks": 8} for monarch.
+        match: lowrank / monarch sized to `scheme`: "params" (the nearest parameter count) or
+            "flops" (the nearest multiply-adds per token to the scheme's Kronecker layers, which
+            cost more per parameter). How far off the size lands is logged (INFO, `krony.compression`).
         init_kwargs: options of the init, e.g. `normalize=True`, `svd="lowrank"`, `offsets=...`, `fill=0.1`.
 
     Returns the same model object.
@@ -82,17 +88,25 @@ def compress(
     blocks = select_layers(layers, model.config.n_layer)
     # build every new layer first and swap them in at the end, so a failure leaves the model as it was
     todo = [(i, name) for i in blocks for name in FFN_MODULES]
+    check_choice("match", match, MATCHES)
+    if cls is not KroneckerLinear and init in KRONECKER_ONLY_INITS:
+        raise ValueError(f"init {init!r} is a Kronecker init; {cls.structure} takes vanloan (its optimal projection) or random")
     if budget is not None:
         if cls is KroneckerLinear:
             raise ValueError("a Kronecker layer is sized by its scheme; budget= sizes lowrank and monarch")
+        if match != "params":
+            raise ValueError("budget= is a parameter count; match='flops' takes a scheme, whose Kronecker "
+                             "layers' multiply-adds are the target")
         dense_weights = sum(getattr(model.transformer.h[i].mlp, name).weight.numel() for i, name in todo)
         scheme = max(1, round((budget - (count_params(model) - dense_weights)) / len(todo)))  # per matrix
-    new_layers = []
+    new_layers, targets = [], []
     for i, name in tqdm(todo, desc=f"compress {scheme}", disable=not progress, unit="matrix"):
         dense = getattr(model.transformer.h[i].mlp, name)
         if isinstance(dense, FactoredLinear):
             raise ValueError(f"block {i} {name} is already compressed; call krony.decompress(model) first")
-        layer = cls.for_matrix(dense, scheme, name, factors=factors, scalars=scalars, path=path, **(structure_options or {}))
+        layer, target = layer_for(dense, name, cls, scheme, factors, scalars, path, match, structure_options)
+        if target is not None:
+            targets.append(target)
         if not dense.weight.is_meta:
             with torch.no_grad():
                 layer.init_from(dense.weight, init, **init_kwargs)
@@ -101,7 +115,47 @@ def compress(
         new_layers.append((f"transformer.h.{i}.mlp.{name}", layer))
     for name, layer in new_layers:
         install(model, name, layer)
+    if targets:
+        _log_sizing(model, cls.structure, scheme if budget is None else budget, match, targets,
+                    [layer for _, layer in new_layers])
     return model
+
+
+def layer_for(dense: nn.Linear, module: str, structure: str | type[FactoredLinear] = "kronecker",
+              scheme: str | Scheme | tuple[int, int] | int = "81m", factors: int = 1, scalars: bool = False,
+              path: str = "auto", match: str = "params",
+              structure_options: dict[str, Any] | None = None) -> tuple[FactoredLinear, int | None]:
+    """An uninitialised layer of `structure` for the FFN matrix `dense` (`module`: "c_fc" or
+    "c_proj"), on its device and dtype, and the count it was sized to (None for Kronecker, which
+    its scheme sizes): the scheme's parameters per matrix (an int `scheme` is that count), or
+    with match="flops" the multiply-adds per token of the scheme's Kronecker layer."""
+    cls = get_structure(structure)
+    if cls is KroneckerLinear:
+        return cls.for_matrix(dense, scheme, module, factors=factors, scalars=scalars, path=path), None
+    target = per_matrix_budget(scheme, dense.in_features, dense.out_features, module, factors)
+    if match == "flops":  # lowrank and monarch run as many multiply-adds per token as they hold weights
+        shape = nn.Linear(dense.in_features, dense.out_features, bias=False, device="meta")
+        target = KroneckerLinear.for_matrix(shape, scheme, module, factors=factors).multiply_adds()
+    return cls.for_matrix(dense, target, module, **(structure_options or {})), target
+
+
+def _log_sizing(model: GPT, structure: str, budget: Any, match: str, targets: list[int],
+                layers: list[FactoredLinear]) -> None:
+    """Log how far a budget-sized structure landed from its target: the model's parameters against
+    the same model with every layer at its target count, or for match="flops" the new layers'
+    multiply-adds per token against the Kronecker layers'."""
+    if match == "flops":
+        got, want = sum(layer.multiply_adds() for layer in layers), sum(targets)
+        log.info("%s sized to %s (flops-matched): %s FFN multiply-adds per token against %s, %+.2f%%", structure,
+                 budget, f"{got:,}", f"{want:,}", 100 * (got - want) / want)
+        return
+    biases = sum(layer.bias.numel() for layer in layers if layer.bias is not None)
+    ffn, ffn_want = sum(layer.num_params() for layer in layers) - biases, sum(targets)
+    got = count_params(model)
+    want = got - ffn + ffn_want
+    log.info("%s sized to %s (params-matched): %s parameters against %s, %+.2f%% (the factored weights: %s "
+             "against %s, %+.2f%%)", structure, budget, f"{got:,}", f"{want:,}", 100 * (got - want) / want,
+             f"{ffn:,}", f"{ffn_want:,}", 100 * (ffn - ffn_want) / ffn_want)
 
 
 def replace_module(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -164,15 +218,16 @@ def model_size(
     layers: str | Sequence[int] = "all",
     convention: str = "table1",
     structure: str = "kronecker",
+    match: str = "params",
     **structure_options: Any,
 ) -> int:
     """Parameter count of a (compressed) model, built on the meta device: no memory, no init.
-    `structure` other than kronecker is sized to `scheme`'s budget (see `compress`)."""
+    `structure` other than kronecker is sized to `scheme`'s budget by `match` (see `compress`)."""
     with torch.device("meta"):
         model = GPT(config or GPTConfig())
     if scheme is not None:
         compress(model, scheme, init="random", factors=factors, scalars=scalars, layers=layers, structure=structure,
-                 structure_options=structure_options or None)
+                 structure_options=structure_options or None, match=match)
     return count_params(model, convention)
 
 
@@ -185,6 +240,7 @@ __all__ = [
     "factored_layers",
     "install",
     "kronecker_layers",
+    "layer_for",
     "model_size",
     "replace_module",
     "select_layers",

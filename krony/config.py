@@ -22,6 +22,10 @@ STRUCTURE_NAMES = ("kronecker", "lowrank", "monarch")
 """Factored structures (`krony.layers.STRUCTURES`); lowrank and monarch are sized to the scheme's budget."""
 KRONECKER_ONLY_INITS = ("prune",)
 """Inits only a Kronecker layer has (the others take vanloan, their optimal projection, or random)."""
+CONVENTIONS = ("table1", "no_output_embedding", "non_embedding")
+"""Parameter counting conventions (`krony.compression.count_params`, docs/method.md)."""
+MATCHES = ("params", "flops")
+"""What lowrank and monarch match of their scheme's Kronecker layers: parameter count or multiply-adds per token."""
 KINDS = ("krony", "distil", "dense")
 """What a run trains: krony (compressed FFNs), distil (a shallower student), dense (the teacher as is)."""
 SCHEDULES = ("constant", "cosine", "wsd")
@@ -235,6 +239,9 @@ class ModelConfig:
     """krony: kronecker | lowrank | monarch (the latter two sized to the scheme's parameter count); set by `structure=`."""
     structure_options: dict[str, Any] = field(default_factory=dict)
     """krony: constructor options of the structure, e.g. {nblocks: 4} for monarch."""
+    structure_match: str = "params"
+    """krony: lowrank / monarch match the scheme's parameter count (params) or its Kronecker layers'
+    multiply-adds per token (flops); Kronecker is its own scheme either way."""
     init_options: dict[str, Any] = field(default_factory=dict)
     """krony: options of the init, e.g. {normalize: true} or {fill: 0.1}."""
     factors: int = 1
@@ -271,6 +278,7 @@ class ModelConfig:
                 raise ConfigError("scheme", self.scheme, str(e)) from None
             check_choice("init", self.init, INIT_METHODS)
             check_choice("structure", self.structure, STRUCTURE_NAMES)
+            check_choice("structure_match", self.structure_match, MATCHES)
             if self.structure != "kronecker" and self.init in KRONECKER_ONLY_INITS:
                 raise ConfigError("init", self.init, f"a Kronecker init; {self.structure} takes vanloan (its optimal "
                                   "projection) or random")

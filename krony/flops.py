@@ -35,9 +35,10 @@ def train_flops(model: nn.Module, batch: int, seq_len: int, backward: bool = Tru
     return int(counter.get_total_flops())
 
 
-def analytic_flops_per_token(model: nn.Module, seq_len: int) -> int:
+def analytic_flops_per_token(model: nn.Module, seq_len: int, backward: bool = True) -> int:
     """6N + 12 L d T per token: N multiply-adds per token of the weight matrices (factored
-    layers by their chosen path, the tied head counted once as d x vocab), plus attention."""
+    layers by their chosen path, the tied head counted once as d x vocab), plus attention over
+    `seq_len` tokens. `backward=False`: the forward alone (inference), 2N + 4 L d T."""
     madds = 0
     for m in model.modules():
         if isinstance(m, FactoredLinear):
@@ -45,7 +46,8 @@ def analytic_flops_per_token(model: nn.Module, seq_len: int) -> int:
         elif isinstance(m, nn.Linear):
             madds += m.in_features * m.out_features
     c = model.config
-    return 6 * madds + 12 * c.n_layer * c.n_embd * seq_len
+    passes = 3 if backward else 1  # the backward pass costs twice the forward
+    return passes * (2 * madds + 4 * c.n_layer * c.n_embd * seq_len)
 
 
 def peak_flops(device: torch.device | str, dtype: torch.dtype | str = torch.bfloat16,

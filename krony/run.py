@@ -51,10 +51,12 @@ def scheme_key(value: Any) -> str:
 
 
 def _register_resolvers() -> None:
-    """`${if:cond,a,b}` and `${krony_scheme:...}` for run names; `${krony_sample:}` for the text
-    sample shipped with krony."""
+    """`${if:cond,a,b}`, `${krony_scheme:...}` and `${krony_match_tag:...}` for run names;
+    `${krony_sample:}` for the text sample shipped with krony."""
     if not OmegaConf.has_resolver("if"):
         OmegaConf.register_new_resolver("if", lambda cond, a, b: a if cond else b)
+    if not OmegaConf.has_resolver("krony_match_tag"):  # run-name tag of a FLOP-matched structure
+        OmegaConf.register_new_resolver("krony_match_tag", lambda match: "" if match == "params" else f"-{match}")
     if not OmegaConf.has_resolver("krony_scheme"):
         OmegaConf.register_new_resolver("krony_scheme", scheme_key)
     if not OmegaConf.has_resolver("krony_sample"):

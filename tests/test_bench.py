@@ -14,7 +14,7 @@ def test_layer_bench_rows_and_json(tmp_path, capsys):
     out = tmp_path / "layer.json"
     assert main(["layer", "--schemes", "67m", "81m", "mf2", "--tokens", "32", "--rounds", "1", "--out", str(out)]) == 0
     table = capsys.readouterr().out
-    assert "| 67m | a_first | b_first |" in table
+    assert "| 67m | kronecker | A=64x32 | 10,240 | a_first | b_first |" in table  # 2 x 3,200 + both biases
     record = json.loads(out.read_text())
     assert record["machine"]["threads"] == torch.get_num_threads()
     rows = {r["scheme"]: r for r in record["rows"]}
@@ -22,8 +22,25 @@ def test_layer_bench_rows_and_json(tmp_path, capsys):
     assert rows["67m"]["bound"] == pytest.approx(19.2, rel=0.01)  # 2*768*3072 / (2*122,880 + ...) from the cost model
     assert rows["81m"]["bound"] == pytest.approx(3.98, rel=0.01)
     for r in rows.values():
-        assert r["dense_ms"] > 0 and r["kron_ms"] > 0
-        assert r["speedup"] == pytest.approx(r["dense_ms"] / r["kron_ms"])
+        assert r["dense_ms"] > 0 and r["factored_ms"] > 0
+        assert r["speedup"] == pytest.approx(r["dense_ms"] / r["factored_ms"])
+
+
+def test_layer_bench_rows_for_every_structure(tmp_path, capsys):
+    out = tmp_path / "layer.json"
+    assert main(["layer", "--schemes", "67m", "96m", "--structure", "kronecker", "lowrank", "monarch", "--tokens", "16",
+                 "--rounds", "1", "--out", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "| 67m | lowrank | rank=1 | 11,520 | - | - |" in table  # 2 x (768 + 3072) + both biases
+    rows = {(r["scheme"], r["structure"]): r for r in json.loads(out.read_text())["rows"]}
+    assert len(rows) == 6
+    assert rows["96m", "monarch"]["size"] == "nblocks=4, block_rank=77"
+    assert rows["67m", "kronecker"]["bound"] == pytest.approx(19.2, rel=0.01)
+    assert rows["67m", "lowrank"]["bound"] == pytest.approx(2 * 768 * 3072 / (2 * 3840))  # rank 1: r (in + out) a matrix
+    # FLOP-matched: 67m's Kronecker pair costs what a rank-32 pair costs
+    assert main(["layer", "--schemes", "67m", "--structure", "lowrank", "--match", "flops", "--tokens", "16",
+                 "--rounds", "1", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["rows"][0]["size"] == "rank=32"
 
 
 def test_model_bench_tiny(tmp_path, monkeypatch):

@@ -25,9 +25,13 @@ def test_schemes_command_prints_table1():
 def test_schemes_command_sizes_the_other_structures(capsys):
     assert main(["schemes", "--structure", "lowrank"]) == 0
     out = capsys.readouterr().out
-    assert "| 81m | 81,972,576 | rank=154 | 82,009,344 | +0.04% |" in out  # r (768 + 3072) nearest 589,828
+    # r (768 + 3072) nearest 589,828; its multiply-adds beside the Kronecker layers' (81m's B is 4x1: cheap)
+    assert "| 81m | 81,972,576 | rank=154 | 82,009,344 | +0.04% | 14,192,640 (14,229,504) | -0.26% | 0.251 |" in out
     assert main(["schemes", "--structure", "monarch"]) == 0
     assert "| 96m | 96,128,304 | nblocks=4, block_rank=77 | 96,201,984 | +0.08% |" in capsys.readouterr().out
+    # FLOP-matched: 67m's Kronecker layers run 32x more multiply-adds than they hold weights
+    assert main(["schemes", "--structure", "monarch", "--match", "flops"]) == 0
+    assert "| 67m | 67,893,504 | nblocks=4, block_rank=8 | 70,765,824 | +4.23% | 2,949,120 (2,949,120) | +0.00% |" in capsys.readouterr().out
 
 
 def test_compress_command_on_a_local_checkpoint(tiny_model, tmp_path, capsys):
@@ -44,6 +48,22 @@ def test_compress_command_on_a_local_checkpoint(tiny_model, tmp_path, capsys):
     dense = GPT.from_pretrained(tmp_path / "d")
     torch.testing.assert_close(dense.transformer.h[0].mlp.c_fc.weight, tiny_model.transformer.h[0].mlp.c_fc.weight,
                                atol=1e-5, rtol=1e-5)
+
+
+def test_compress_command_with_another_structure(tiny_model, tmp_path, capsys):
+    tiny_model.save_pretrained(tmp_path / "dense")
+    # 16x8 of c_fc (256, 64): B (16, 8), 256 weights a matrix (rank 1 holds 320); its Kronecker
+    # forward runs 3,072 multiply-adds a token, nearest what rank 10 runs, (64 + 256) x 10
+    for match, rank in (("params", 1), ("flops", 10)):
+        assert main(["compress", "--model", str(tmp_path / "dense"), "--scheme", "16x8", "--structure", "lowrank",
+                     "--match", match, "--out", str(tmp_path / match)]) == 0
+        out = capsys.readouterr().out
+        assert f"structure lowrank ({match}-matched: in_features=64, out_features=256, rank={rank}, bias=True)" in out
+        assert GPT.from_pretrained(tmp_path / match).transformer.h[1].mlp.c_proj.rank == rank
+        assert 0 < float(re.search(r"relative error .*: ([0-9.]+)", out).group(1)) < 1
+    assert main(["compress", "--model", str(tmp_path / "dense"), "--scheme", "16x8", "--structure", "lowrank",
+                 "--init", "prune"]) == 2
+    assert "init 'prune' is a Kronecker init; lowrank takes vanloan" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -103,6 +103,7 @@ def test_run_names(tmp_path):
     assert make_cfg(tmp_path, ["distill=on", "freeze=embeddings"]).run_name == "81m-vanloan-r1-kd-frz_emb"
     assert make_cfg(tmp_path, ["model=distilgpt2"]).run_name == "distilgpt2-kd"
     assert make_cfg(tmp_path, ["structure=lowrank", "decomp=67m"]).run_name == "67m-lowrank-vanloan-r1"
+    assert make_cfg(tmp_path, ["structure=monarch", "structure.match=flops"]).run_name == "81m-monarch-flops-vanloan-r1"
 
 
 LEAF = re.compile(r"^\s*[A-Za-z_][\w/]*:\s*\S")  # "key: value" (block headers have no value)

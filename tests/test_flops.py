@@ -10,6 +10,8 @@ from krony.flops import analytic_flops_per_token, peak_flops, train_flops
 def test_dense_count_equals_6n_plus_attention(tiny_model):
     T = 16
     assert train_flops(tiny_model, 2, T) == 2 * T * analytic_flops_per_token(tiny_model, T)
+    # the forward alone (what a run logs as model/flops_per_token): 2N + 4 L d T
+    assert train_flops(tiny_model, 2, T, backward=False) == 2 * T * analytic_flops_per_token(tiny_model, T, backward=False)
 
 
 def test_kronecker_model_counts_its_factored_gemms(tiny_model):

@@ -48,8 +48,8 @@ def test_smoke_sweep_six_jobs(smoke_sweep):
         assert len(ea.Scalars("train/loss")) == 4
         assert "_hparams_/session_start_info" in ea.summary_metadata  # the HParams tab entry
         ssi = hp_metadata.parse_session_start_info_plugin_data(ea.summary_metadata["_hparams_/session_start_info"].plugin_data.content)
-        assert ssi.hparams["0_run"].string_value == name  # the run name, then scheme, init, factors, scalars
-        assert sorted(k for k in ssi.hparams if k[0].isdigit()) == ["0_run", "1_scheme", "2_init", "3_factors", "4_scalars"]
+        assert ssi.hparams["0_run"].string_value == name  # the run name, then scheme, structure, init, factors, scalars
+        assert sorted(k for k in ssi.hparams if k[0].isdigit()) == ["0_run", "1_scheme", "2_structure", "3_init", "4_factors", "5_scalars"]
         # the smoke policy: one training checkpoint (step 4, last.ckpt links it) and the export; under 1 GB a job
         assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.ckpt", "step00000004.ckpt"]
         written = sum(p.lstat().st_size for p in run.rglob("*") if p.is_file() or p.is_symlink())
@@ -70,7 +70,7 @@ def test_report_of_the_sweep(smoke_sweep, tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     report = (tmp_path / "report.md").read_text()
-    assert report.count("-r1 |") == 6 and "| 81m-prune-r1 | 81m | prune | 1 | False | 46,483,216 |" in report
+    assert report.count("-r1 |") == 6 and "| 81m-prune-r1 | 81m | kronecker | prune | 1 | False | 46,483,216 |" in report
     assert "Runs without an evaluation (no results.json or eval-paper.json): 67m-prune-r1," in report  # smoke: no eval
     for png in ("loss_vs_tokens.png", "ppl_vs_params.png"):
         assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
@@ -116,6 +116,20 @@ def test_structures_sweep_at_one_budget(tmp_path):
         kinds[name] = type(model.transformer.h[0].mlp.c_fc).__name__
     assert kinds == {"67m-vanloan-r1": "KroneckerLinear", "67m-lowrank-vanloan-r1": "LowRankLinear",
                      "67m-monarch-vanloan-r1": "MonarchLinear"}
+    # each run records its structure, its size in every counting convention and its FLOPs per token
+    metrics = {}
+    for name in kinds:
+        summary = json.loads((sweep / name / "summary.json").read_text())
+        metrics[name] = summary["metrics"]
+        assert summary["hparams"]["freeze"] == "none"
+        assert summary["hparams"]["structure"] == {"KroneckerLinear": "kronecker", "LowRankLinear": "lowrank",
+                                                   "MonarchLinear": "monarch"}[kinds[name]]
+    params = [m["model/params"] for m in metrics.values()]
+    assert max(params) / min(params) < 1.005  # one budget
+    for m in metrics.values():
+        assert m["model/params"] > m["model/params_no_output_embedding"] > m["model/params_non_embedding"] > 0
+        assert m["model/flops_per_token"] > 0
+    assert len({m["model/flops_per_token"] for m in metrics.values()}) == 3  # equal parameters, unequal cost
 
 
 @pytest.mark.slow

@@ -2,10 +2,12 @@
 equals x @ to_dense().T + b; each optimal init is what the theory says; each is sized to a
 Table-1 budget within 0.5% of its parameter count."""
 
+import logging
+
 import pytest
 import torch
 
-from krony import GPT, GPTConfig, compress, count_params, decompress, model_size
+from krony import GPT, GPTConfig, compress, count_params, decompress, factored_layers, model_size
 from krony.layers import STRUCTURES, LowRankLinear, MonarchLinear
 from krony.schemes import TABLE1
 
@@ -77,6 +79,33 @@ def test_a_total_parameter_budget_sizes_the_structure(structure):
     assert abs(count_params(model) - 81_972_576) / 81_972_576 < 0.005
     with pytest.raises(ValueError, match="sized by its scheme"):
         compress(GPT(GPTConfig(n_layer=1, n_embd=64, n_head=2, vocab_size=11, block_size=8)), budget=10_000)
+
+
+@pytest.mark.parametrize("structure", ["lowrank", "monarch"])
+def test_flop_matched_sizing_and_the_logged_gap(structure, caplog):
+    ffn = lambda model: sum(layer.multiply_adds() for layer in factored_layers(model).values())  # noqa: E731
+    for scheme in ("67m", "81m", "96m"):
+        with torch.device("meta"):
+            kron = compress(GPT(GPTConfig()), scheme, init="random")
+            by_params = compress(GPT(GPTConfig()), scheme, init="random", structure=structure)
+            with caplog.at_level(logging.INFO, logger="krony.compression"):
+                by_flops = compress(GPT(GPTConfig()), scheme, init="random", structure=structure, match="flops")
+        assert abs(ffn(by_flops) - ffn(kron)) / ffn(kron) < 0.011, scheme  # within 1.1%: b steps of m (in + out)
+        assert abs(count_params(by_params) - count_params(kron)) / count_params(kron) < 0.005
+        assert f"{ffn(by_flops):,} FFN multiply-adds per token against {ffn(kron):,}" in caplog.text
+    # 96m last: its Kronecker layers (B 2x1) cost what rank 308 / block rank 77 cost, their parameter count
+    assert ffn(by_params) == pytest.approx(ffn(kron), rel=0.005)
+    with torch.device("meta"):
+        kron = compress(GPT(GPTConfig()), "67m", init="random")
+        by_flops = compress(GPT(GPTConfig()), "67m", init="random", structure=structure, match="flops")
+    # 67m's (B 48x24) run the multiply-adds of a rank-32 factorisation of each matrix, on 3,200 weights
+    assert ffn(kron) == ffn(by_flops) == 24 * 32 * (768 + 3072)
+    with pytest.raises(ValueError, match="match='flops' takes a scheme"):
+        compress(GPT(GPTConfig(n_layer=1, n_embd=64, n_head=2, vocab_size=11, block_size=8)), structure=structure,
+                 budget=10_000, match="flops")
+    with pytest.raises(ValueError, match="valid choices: params, flops"):
+        compress(GPT(GPTConfig(n_layer=1, n_embd=64, n_head=2, vocab_size=11, block_size=8)), structure=structure,
+                 match="compute")
 
 
 @pytest.mark.parametrize("structure", ["lowrank", "monarch"])

@@ -37,6 +37,8 @@ def test_structure_rules(tmp_path):
     e = error_for(tmp_path, ["structure=lowrank", "model.structure=butterfly"])
     assert e.key == "model.structure" and "valid choices: kronecker, lowrank, monarch" in str(e)
     assert problems(make_cfg(tmp_path, ["structure=monarch", "decomp=96m", "model.factors=3"])) == []  # no Kronecker limits
+    e = error_for(tmp_path, ["structure=lowrank", "structure.match=flop"])
+    assert e.key == "structure.match" and "valid choices: params, flops" in str(e)
 
 
 def test_evaluation_after_training(tmp_path, monkeypatch):

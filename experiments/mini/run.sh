@@ -9,10 +9,7 @@ root=logs/mini
 rm -rf "$root"
 
 # 1. a small dense teacher trained from scratch on the shipped OpenWebText sample
-python -m krony.run experiment=mini model=gpt2 model.teacher=null \
-    'model.teacher_config={preset: gpt2, n_layer: 2, n_embd: 128, n_head: 4, block_size: 128}' \
-    optim.lr=3e-3 optim.min_lr=3e-4 trainer.max_steps=400 trainer.val_check_interval=400 \
-    hydra.run.dir="$root/teacher"
+bash experiments/mini/teacher.sh "$root/teacher"
 export KRONY_MINI_TEACHER="$root/teacher/export"
 
 # 2. compress (A dims of c_fc (512, 128): 32x16 ~ "67m", 128x64 ~ "81m", 256x128 ~ "96m") and fine-tune

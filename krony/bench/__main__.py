@@ -1,6 +1,7 @@
-"""`python -m krony.bench layer|model|data|compress`: side-by-side speed of Kronecker and dense GPT-2.
+"""`python -m krony.bench layer|model|data|compress`: side-by-side speed of factored and dense GPT-2.
 
     python -m krony.bench layer --threads 2                 # FFN pair per Table-1 scheme vs dense, CPU fp32
+    python -m krony.bench layer --structure kronecker lowrank monarch --schemes 67m 81m 96m
     python -m krony.bench model --threads 2                 # training / generation tokens/s, dense vs 67m 81m 96m mf2x4
     python -m krony.bench model --device cuda --dtype bf16 --compile --batch 16 --seq-len 1024 --max-batch
     python -m krony.bench data                              # stream and memmap tokens/s per dataloader worker
@@ -21,10 +22,13 @@ from typing import Sequence
 
 import torch
 
+from krony.config import MATCHES, STRUCTURE_NAMES
+
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 COLUMNS = {
-    "layer": [("scheme", "{}"), ("path_fc", "{}"), ("path_proj", "{}"), ("dense_ms", "{:.1f}"), ("kron_ms", "{:.1f}"),
+    "layer": [("scheme", "{}"), ("structure", "{}"), ("size", "{}"), ("params", "{:,}"), ("path_fc", "{}"),
+              ("path_proj", "{}"), ("dense_ms", "{:.1f}"), ("factored_ms", "{:.1f}"),
               ("speedup", "{:.2f}x"), ("bound", "{:.2f}x"), ("of_bound", "{:.0%}")],
     "model": [("model", "{}"), ("params", "{:,}"), ("train_tokens_per_sec", "{:,.0f}"), ("train_speedup", "{:.2f}x"),
               ("gen_tokens_per_sec", "{:,.1f}"), ("gen_speedup", "{:.2f}x"), ("train_step_mib", "{:,.0f}"),
@@ -59,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     layer.add_argument("--tokens", type=int, default=1024, help="tokens per forward")
     layer.add_argument("--factors", type=int, default=1, help="Kronecker factors per matrix")
     layer.add_argument("--compile", action="store_true", help="torch.compile both pairs")
+    layer.add_argument("--structure", nargs="+", default=["kronecker"], choices=list(STRUCTURE_NAMES),
+                       help="structures at each scheme's budget, each timed beside the dense pair")
+    layer.add_argument("--match", default="params", choices=list(MATCHES),
+                       help="lowrank / monarch sized to the scheme's parameters or its Kronecker multiply-adds")
     model = sub.add_parser("model", parents=[common], help="training and generation tokens/s of whole models")
     from krony.bench.model import MODELS
 
@@ -91,8 +99,8 @@ def run(args: argparse.Namespace) -> list[dict]:
     if args.command == "layer":
         from krony.bench.layer import bench_layers
 
-        return bench_layers(args.schemes, args.tokens, args.device, dtype,
-                            args.factors, args.rounds, args.compile)
+        return bench_layers(args.schemes, args.tokens, args.device, dtype, args.factors, args.rounds, args.compile,
+                            tuple(args.structure), args.match)
     if args.command == "model":
         from krony.bench.model import bench_models
         from krony.config import GPTConfig

@@ -83,7 +83,7 @@ class Throughput(L.Callback):
         self._t0, self._tokens0, self._batches0 = now, module.tokens_seen, module.batches_trained
 
 
-TB_FIRST = ("run", "scheme", "init", "factors", "scalars")
+TB_FIRST = ("run", "scheme", "structure", "init", "factors", "scalars")
 """Hparams the TensorBoard HParams tab shows first (it sorts columns by name: they get "0_", "1_", ... prefixes)."""
 
 
@@ -97,8 +97,8 @@ def tensorboard_hparams(hparams: dict[str, Any], run_name: str | None) -> dict[s
 
 class HParamsSummary(L.Callback):
     """At the end of fit (or validate), writes the run's hparams together with its final metrics,
-    so TensorBoard's HParams tab compares the runs of a sweep (run name, scheme, init, factors,
-    scalars first), and the same as `summary.json` in `dirpath` for `python -m krony.report`."""
+    so TensorBoard's HParams tab compares the runs of a sweep (run name, scheme, structure, init,
+    factors, scalars first), and the same as `summary.json` in `dirpath` for `python -m krony.report`."""
 
     def __init__(self, dirpath: str | None = None, run_name: str | None = None) -> None:
         self.dirpath = dirpath

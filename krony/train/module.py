@@ -18,9 +18,10 @@ import lightning as L
 import torch
 from torchmetrics import MeanMetric
 
-from krony.hf import state_dict_problems
-from krony.compression import count_params, kronecker_layers
+from krony.compression import CONVENTIONS, count_params, kronecker_layers
 from krony.config import DistillConfig, FreezeConfig, ModelConfig, OptimConfig, to_dict
+from krony.flops import analytic_flops_per_token
+from krony.hf import state_dict_problems
 from krony.train.build import build_student
 from krony.train.freeze import apply_freeze
 from krony.train.losses import distillation_loss, lm_loss
@@ -242,24 +243,31 @@ class LanguageModelModule(L.LightningModule):
         return out
 
     def size_metrics(self) -> dict[str, float]:
+        """Parameters in every counting convention (docs/method.md) and forward FLOPs per token at
+        the model's full context, so runs of different structures compare on either axis."""
         params = count_params(self.student)
         return {
             "model/params": float(params),
-            "model/params_no_output_embedding": float(count_params(self.student, "no_output_embedding")),
+            **{f"model/params_{c}": float(count_params(self.student, c)) for c in CONVENTIONS if c != "table1"},
             "model/compression_ratio": self.teacher_params / params,
             "model/frozen_params": float(sum(p.numel() for p in self.student.parameters() if not p.requires_grad)),
+            "model/flops_per_token": float(analytic_flops_per_token(self.student, self.student.config.block_size,
+                                                                    backward=False)),
         }
 
     def summary_hparams(self) -> dict[str, Any]:
         """Flat, readable hyperparameters for the TensorBoard HParams tab."""
         m = self.model_cfg
-        frozen = [k for k, v in asdict(self.freeze_cfg).items() if v not in (False, None)]
+        frozen = [k for k, v in asdict(self.freeze_cfg).items() if k != "tag" and v not in (False, None)]
         return {
             "kind": m.kind,
             "teacher": str(m.teacher),
             "scheme": m.scheme if m.kind == "krony" else "-",
             "init": m.init if m.kind == "krony" else "-",
             "init_options": str(m.init_options),
+            "structure": m.structure if m.kind == "krony" else "-",
+            "structure_options": str(m.structure_options),
+            "structure_match": m.structure_match if m.kind == "krony" and m.structure != "kronecker" else "-",
             "factors": m.factors if m.kind == "krony" else 0,
             "scalars": bool(m.scalars) if m.kind == "krony" else False,
             "layers": str(m.layers),
