@@ -3,7 +3,8 @@
 The math lives in plain PyTorch modules: `model` (GPT-2, nothing else), `layers` (the
 factored structures: `layers.kronecker`, the layer and its cost model; `layers.kronecker_init`,
 Van Loan, pruning, random), `schemes` (Table 1), `compression` (swap layers in and out, count
-parameters), `hf` (Hugging Face / hub / local files) and `eval` (evaluation protocols).
+parameters), `nested` (every size from one set of factors), `hf` (Hugging Face / hub / local
+files) and `eval` (evaluation protocols).
 The names below are imported on first use, so `import krony` itself is instant.
 """
 
@@ -17,6 +18,7 @@ _EXPORTS = {
     "INITS": "krony.layers.kronecker_init", "prune": "krony.layers.kronecker_init", "random_factors": "krony.layers.kronecker_init", "vanloan": "krony.layers.kronecker_init",
     "FactoredLinear": "krony.layers", "STRUCTURES": "krony.layers", "KroneckerLinear": "krony.layers.kronecker", "choose_path": "krony.layers.kronecker", "kron_weight": "krony.layers.kronecker",
     "path_costs": "krony.layers.kronecker",
+    "set_active_factors": "krony.nested", "extract": "krony.nested", "active_factors": "krony.nested",
     "GPT": "krony.model",
     "GPTConfig": "krony.config", "PRESETS": "krony.config",
     "NAMED": "krony.schemes", "SCHEMES": "krony.schemes", "TABLE1": "krony.schemes", "Scheme": "krony.schemes", "get_scheme": "krony.schemes",

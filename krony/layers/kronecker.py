@@ -280,8 +280,29 @@ class KroneckerLinear(FactoredLinear):
         self.scalars = nn.Parameter(torch.ones(self.factors, **kw)) if scalars else None
         self.bias = nn.Parameter(torch.zeros(out_features, **kw)) if bias else None
         self.path = path  # validated by the setter below
+        self._active: int | None = None  # factors in use (None: all); see `active_factors`
         self._weight_cache: tuple | None = None  # (factor versions, W) for gradient-free dense calls
         self.reset_parameters()
+
+    @property
+    def active_factors(self) -> int:
+        """How many of the factors the layer uses, the first ones (all unless set): a nested model
+        runs any prefix. Van Loan orders factors by singular value, so each prefix of its factors is
+        the best approximation with that many terms."""
+        return self.factors if self._active is None else self._active
+
+    @active_factors.setter
+    def active_factors(self, k: int | None) -> None:
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.factors):
+            raise ValueError(f"the factors to use must be an integer in 1..{self.factors} (the layer's factors), got {k!r}")
+        self._active = None if k == self.factors else k
+
+    def active(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(A, B, scalars) of the active factors: the parameters themselves, or views of their first k."""
+        k = self._active
+        if k is None:
+            return self.A, self.B, self.scalars
+        return self.A[:k], self.B[:k], None if self.scalars is None else self.scalars[:k]
 
     @property
     def path(self) -> str:
@@ -307,7 +328,7 @@ class KroneckerLinear(FactoredLinear):
         """The path forward takes: `path` unless it is "auto", then the cheapest by the cost model."""
         if self._path != "auto":
             return self._path
-        return choose_path(self.m1, self.n1, self.m2, self.n2, self.factors)
+        return choose_path(self.m1, self.n1, self.m2, self.n2, self.active_factors)
 
     def reset_parameters(self, std: float = 0.02) -> None:
         """Random factors whose Kronecker sum has entries of standard deviation `std`."""
@@ -327,12 +348,12 @@ class KroneckerLinear(FactoredLinear):
         path = path or self.chosen_path
         if path == "dense":  # W kept between calls while gradients are off (see _dense_weight)
             return F.linear(x, self._dense_weight(), self.bias)
-        return kron_matmul(x, self.A, self.B, self.scalars, path, self.bias)
+        return kron_matmul(x, *self.active(), path, self.bias)
 
     def forward_factored(self, xp: torch.Tensor) -> torch.Tensor:
         """The layer in the token-middle layout, on a factored path (see `fusable`):
         xp (n1, N, n2) -> (m1, N, m2), bias included."""
-        return kron_matmul_factored(xp, self.A, self.B, self.scalars, self.chosen_path, self.bias)
+        return kron_matmul_factored(xp, *self.active(), self.chosen_path, self.bias)
 
     def _dense_weight(self) -> torch.Tensor:
         """`to_dense()`, kept between calls while gradients are off and the factors unchanged
@@ -341,7 +362,8 @@ class KroneckerLinear(FactoredLinear):
             self._weight_cache = None
             return self.to_dense()
         params = [p for p in (self.A, self.B, self.scalars) if p is not None]
-        key = (autocast_dtype(self.A.device.type), *((p.data_ptr(), p._version, p.dtype, p.device) for p in params))
+        key = (autocast_dtype(self.A.device.type), self.active_factors,
+               *((p.data_ptr(), p._version, p.dtype, p.device) for p in params))
         cache = self._weight_cache
         if cache is None or cache[0] != key:
             cache = (key, self.to_dense())
@@ -349,8 +371,8 @@ class KroneckerLinear(FactoredLinear):
         return cache[1]
 
     def to_dense(self) -> torch.Tensor:
-        """The full weight sum_i s_i kron(A_i, B_i), shape (out_features, in_features)."""
-        return kron_weight(self.A, self.B, self.scalars)
+        """The weight sum_i s_i kron(A_i, B_i) over the active factors, shape (out_features, in_features)."""
+        return kron_weight(*self.active())
 
     @torch.no_grad()
     def load_factors(self, A: torch.Tensor, B: torch.Tensor, s: torch.Tensor | None = None) -> None:
@@ -371,7 +393,7 @@ class KroneckerLinear(FactoredLinear):
 
     def multiply_adds(self) -> int:
         """Multiply-adds per token of the chosen path (what FLOP counts should use: 2x this)."""
-        return path_costs(self.m1, self.n1, self.m2, self.n2, self.factors)[self.chosen_path]
+        return path_costs(self.m1, self.n1, self.m2, self.n2, self.active_factors)[self.chosen_path]
 
     @classmethod
     def for_matrix(cls, dense: nn.Linear, scheme: Any, module: str, **options: Any) -> "KroneckerLinear":
@@ -393,9 +415,10 @@ class KroneckerLinear(FactoredLinear):
                 "factors": self.factors, "scalars": self.scalars is not None, "bias": self.bias is not None}
 
     def extra_repr(self) -> str:
+        active = f"active_factors={self._active}, " if self._active is not None else ""
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
-            f"A=({self.m1}, {self.n1}), B=({self.m2}, {self.n2}), factors={self.factors}, "
+            f"A=({self.m1}, {self.n1}), B=({self.m2}, {self.n2}), factors={self.factors}, {active}"
             f"scalars={self.scalars is not None}, bias={self.bias is not None}, path={self.chosen_path}"
         )
 
