@@ -386,8 +386,65 @@ class DistillConfig:
                 raise ConfigError(key, getattr(self, key), "must be >= 0")
 
 
+NEST_SCHEDULES = ("off", "all", "sandwich", "sample")
+"""Nested-training schedules (`krony.train.nest`)."""
+
+
+@dataclass
+class NestConfig:
+    """Nested (Matryoshka) training: each step trains prefixes of the Kronecker factors on the same
+    batch, one optimizer step for their weighted sum (docs/method.md, "Nested factors")."""
+
+    schedule: str = "off"
+    """off | all (every prefix in `prefixes`) | sandwich (the largest, the smallest and one random
+    middle prefix; the smaller two learn the largest's predictions, stop-gradient KL) | sample
+    (one random prefix a step, the largest every `largest_every`-th step)."""
+    prefixes: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
+    """Factor counts trained and validated, increasing; the largest is the model's factors."""
+    weights: list[float] | None = None
+    """λ_k, one per prefix (None: 1 each)."""
+    largest_every: int = 4
+    """sample: the largest prefix every n-th step."""
+    per_layer: bool = False
+    """sandwich / sample: draw the middle (sampled) prefix per layer, so mixed sizes are trained too."""
+    temperature: float = 1.0
+    """sandwich: softmax temperature of the KL to the largest prefix's predictions."""
+    tag: str = ""
+    """Added to run names (`-nest_sandwich`)."""
+
+    def __post_init__(self) -> None:
+        check_choice("schedule", self.schedule, NEST_SCHEDULES)
+        ks = list(self.prefixes)
+        if not ks or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in ks) or ks != sorted(set(ks)):
+            raise ConfigError("prefixes", ks, "give increasing factor counts >= 1, e.g. [1, 2, 4, 8, 16]")
+        if self.weights is not None and (len(self.weights) != len(ks) or any(w < 0 for w in self.weights)):
+            raise ConfigError("weights", self.weights, f"give {len(ks)} weights >= 0, one per prefix, or null")
+        if self.largest_every < 1:
+            raise ConfigError("largest_every", self.largest_every, "must be >= 1")
+        if self.temperature <= 0:
+            raise ConfigError("temperature", self.temperature, "must be > 0")
+
+    @property
+    def enabled(self) -> bool:
+        return self.schedule != "off"
+
+    def weight(self, k: int) -> float:
+        """λ_k of prefix k."""
+        return 1.0 if self.weights is None else float(self.weights[self.prefixes.index(k)])
+
+    def check_model(self, model: ModelConfig) -> None:
+        """`ConfigError` when nesting is on but `model` is not a Kronecker model with the largest prefix's factors."""
+        if not self.enabled:
+            return
+        if model.kind != "krony" or model.structure != "kronecker":
+            raise ConfigError("nest.schedule", self.schedule, "nests Kronecker factors: use a krony model with structure=kronecker")
+        if model.factors != self.prefixes[-1]:
+            raise ConfigError("nest.prefixes", self.prefixes, f"the largest prefix must be the model's factors "
+                              f"(model.factors={model.factors}); e.g. decomp=768x192 model.factors=16")
+
+
 __all__ = [
-    "DISTILGPT2_LAYERS", "INIT_METHODS", "INIT_OPTIONS", "KINDS", "LAYER_SETS", "PRESETS", "SCHEDULES", "STRUCTURE_NAMES",
-    "ConfigError", "DistillConfig", "FreezeConfig", "GPTConfig", "ModelConfig", "OptimConfig",
+    "DISTILGPT2_LAYERS", "INIT_METHODS", "INIT_OPTIONS", "KINDS", "LAYER_SETS", "NEST_SCHEDULES", "PRESETS", "SCHEDULES",
+    "STRUCTURE_NAMES", "ConfigError", "DistillConfig", "FreezeConfig", "GPTConfig", "ModelConfig", "NestConfig", "OptimConfig",
     "check_choice", "check_factors", "from_config", "suggest", "to_dict",
 ]

@@ -35,7 +35,7 @@ from krony.hub import WEIGHT_FILES, looks_like_path
 
 log = logging.getLogger("krony.validate")
 
-TYPED = ("model", "optim", "freeze", "distill")
+TYPED = ("model", "optim", "freeze", "distill", "nest")
 """Run-config nodes whose `_target_` is a config dataclass of `krony.config`."""
 
 
@@ -216,6 +216,19 @@ def _check_freeze(parts: dict[str, Any]) -> None:
         freeze.check_model(model)
 
 
+def _check_nest(parts: dict[str, Any]) -> None:
+    """Nesting against the model (Kronecker, the largest prefix's factors) and distillation."""
+    nest = _built(parts, "nest")
+    if not nest.enabled:
+        return
+    model, distill = parts["model_cfg"], parts["distill_cfg"]
+    if not isinstance(model, ConfigError):
+        nest.check_model(model)
+    if not isinstance(distill, ConfigError) and distill.enabled:
+        raise ConfigError("nest.schedule", nest.schedule, "trains the prefixes on the next tokens (sandwich: on the "
+                          "largest prefix's predictions), not from the teacher: use distill=off")
+
+
 def _built(parts: dict[str, Any], name: str) -> Any:
     """A typed section, raising its `ConfigError` when it did not build."""
     value = parts[f"{name}_cfg"]
@@ -231,6 +244,7 @@ CHECKS: list[Callable[[dict[str, Any]], None]] = [
     lambda s: _check_trainer(s["trainer"], s["optim"]),
     _check_freeze,
     lambda s: _built(s, "distill"),
+    _check_nest,
     lambda s: _check_data(s["data"]),
     lambda s: _check_eval(s["callbacks"]),
 ]

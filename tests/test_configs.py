@@ -104,6 +104,7 @@ def test_run_names(tmp_path):
     assert make_cfg(tmp_path, ["model=distilgpt2"]).run_name == "distilgpt2-kd"
     assert make_cfg(tmp_path, ["structure=lowrank", "decomp=67m"]).run_name == "67m-lowrank-vanloan-r1"
     assert make_cfg(tmp_path, ["structure=monarch", "structure.match=flops"]).run_name == "81m-monarch-flops-vanloan-r1"
+    assert make_cfg(tmp_path, ["decomp=768x192", "model.factors=16", "nest=sandwich"]).run_name == "768x192-vanloan-r16-nest_sandwich"
 
 
 LEAF = re.compile(r"^\s*[A-Za-z_][\w/]*:\s*\S")  # "key: value" (block headers have no value)

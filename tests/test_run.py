@@ -133,6 +133,22 @@ def test_structures_sweep_at_one_budget(tmp_path):
 
 
 @pytest.mark.slow
+def test_nested_training_logs_every_prefix(tmp_path):
+    """The sandwich schedule on the 768x192 shape at GPT-2 width (2 blocks), offline."""
+    out = krony_run(["experiment=smoke", "decomp=768x192", "model.factors=16", "nest=sandwich", "trainer.max_steps=2",
+                     "trainer.val_check_interval=2", "trainer.limit_val_batches=2"], tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    run = next((tmp_path / "logs" / "runs" / "768x192-vanloan-r16-nest_sandwich").iterdir())
+    ea = events(run)
+    val = {k: ea.Scalars(f"val/loss_k{k}")[-1].value for k in (1, 2, 4, 8, 16)}
+    assert val[16] == pytest.approx(ea.Scalars("val/loss")[-1].value, rel=1e-5)  # the full model
+    assert {"train/loss_k16", "train/loss_k1"} <= set(ea.Tags()["scalars"])
+    assert json.loads((run / "summary.json").read_text())["hparams"]["nest"] == "sandwich"
+    export = GPT.from_pretrained(run / "export")  # every factor, all active
+    assert {layer.factors for layer in kronecker_layers(export).values()} == {16}
+
+
+@pytest.mark.slow
 def test_sweep_survives_a_failed_job(tmp_path):
     # 96m has B (2, 1): at most 2 factors, so r=3 fails; 81m (B (4, 1)) runs, at GPT-2 width under
     # bf16-mixed (its outer-product and contraction paths once crashed there)

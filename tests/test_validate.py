@@ -41,6 +41,16 @@ def test_structure_rules(tmp_path):
     assert e.key == "structure.match" and "valid choices: params, flops" in str(e)
 
 
+def test_nest_rules(tmp_path):
+    e = error_for(tmp_path, ["nest=all", "decomp=768x192", "model.factors=8"])
+    assert e.key == "nest.prefixes" and "the largest prefix must be the model's factors (model.factors=8)" in str(e)
+    e = error_for(tmp_path, ["nest=sandwich", "decomp=768x192", "model.factors=16", "distill=on"])
+    assert e.key == "nest.schedule" and "use distill=off" in str(e)
+    e = error_for(tmp_path, ["nest=all", "nest.prefixes=[1,4,2]"])
+    assert e.key == "nest.prefixes" and "increasing" in str(e)
+    assert problems(make_cfg(tmp_path, ["nest=sample", "decomp=768x192", "model.factors=16"])) == []
+
+
 def test_evaluation_after_training(tmp_path, monkeypatch):
     e = error_for(tmp_path, ["callbacks.eval.protocol=lm-eval"])
     assert str(e) == "callbacks.eval.protocol='lm-eval': valid choices: paper, sliding, harness"

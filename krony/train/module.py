@@ -19,12 +19,13 @@ import torch
 from torchmetrics import MeanMetric
 
 from krony.compression import CONVENTIONS, count_params, kronecker_layers
-from krony.config import DistillConfig, FreezeConfig, ModelConfig, OptimConfig, to_dict
+from krony.config import DistillConfig, FreezeConfig, ModelConfig, NestConfig, OptimConfig, to_dict
 from krony.flops import analytic_flops_per_token
 from krony.hf import state_dict_problems
 from krony.train.build import build_student
 from krony.train.freeze import apply_freeze
 from krony.train.losses import distillation_loss, lm_loss
+from krony.train.nest import nested_loss, prefix_losses
 from krony.train.optim import build_optimizer
 
 log = logging.getLogger(__name__)
@@ -34,8 +35,8 @@ class LanguageModelModule(L.LightningModule):
     """Trains `self.student` on batches of (B, T + 1) token ids; optional teacher distillation.
 
     Args:
-        model, optim, freeze, distill: a `ModelConfig`, `OptimConfig`, `FreezeConfig`, `DistillConfig`,
-            or their fields as a dict.
+        model, optim, freeze, distill, nest: a `ModelConfig`, `OptimConfig`, `FreezeConfig`,
+            `DistillConfig`, `NestConfig`, or their fields as a dict.
         seed: seeds random teacher weights and random inits.
         log_scalars_every: steps between logs of the Kronecker scalars.
         max_bad_steps: steps in a row with a non-finite loss or gradient after which the run
@@ -49,6 +50,7 @@ class LanguageModelModule(L.LightningModule):
         optim: OptimConfig | dict[str, Any] | None = None,
         freeze: FreezeConfig | dict[str, Any] | None = None,
         distill: DistillConfig | dict[str, Any] | None = None,
+        nest: NestConfig | dict[str, Any] | None = None,
         seed: int = 1337,
         log_scalars_every: int = 50,
         max_bad_steps: int = 10,
@@ -59,9 +61,13 @@ class LanguageModelModule(L.LightningModule):
             cfg if isinstance(cfg, cls) else cls(**(cfg or {}))
             for cfg, cls in ((model, ModelConfig), (optim, OptimConfig), (freeze, FreezeConfig), (distill, DistillConfig))
         )
+        self.nest_cfg = nest if isinstance(nest, NestConfig) else NestConfig(**(nest or {}))
+        self.nest_cfg.check_model(self.model_cfg)
+        self.seed = seed
         self.save_hyperparameters(
             {"model": to_dict(self.model_cfg), "optim": to_dict(self.optim_cfg), "freeze": to_dict(self.freeze_cfg),
-             "distill": to_dict(self.distill_cfg), "seed": seed, "log_scalars_every": log_scalars_every,
+             "distill": to_dict(self.distill_cfg), "nest": to_dict(self.nest_cfg), "seed": seed,
+             "log_scalars_every": log_scalars_every,
              "max_bad_steps": max_bad_steps, "bad_step_checkpoint": bad_step_checkpoint},
             logger=False,
         )
@@ -93,7 +99,9 @@ class LanguageModelModule(L.LightningModule):
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         x, y = batch[:, :-1], batch[:, 1:]  # (B, T) each
-        if self.teacher is None:
+        if self.nest_cfg.enabled:
+            loss, parts = nested_loss(self.student, self.nest_cfg, x, y, self.global_step, self.seed)
+        elif self.teacher is None:
             loss = lm_loss(self.student(x)[0], y)
             parts = {}
         else:
@@ -169,6 +177,9 @@ class LanguageModelModule(L.LightningModule):
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
         x, y = batch[:, :-1], batch[:, 1:]
         self.val_loss.update(lm_loss(self.student(x)[0], y), weight=y.numel())
+        if self.nest_cfg.enabled:  # every prefix's loss, averaged over the validation batches
+            for k, loss in prefix_losses(self.student, self.nest_cfg, x, y).items():
+                self.log(f"val/loss_k{k}", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=y.numel())
 
     def on_validation_epoch_end(self) -> None:
         if self.val_loss.update_count == 0:
@@ -273,6 +284,7 @@ class LanguageModelModule(L.LightningModule):
             "layers": str(m.layers),
             "freeze": ",".join(frozen) or "none",
             "distill": self.distill_cfg.enabled,
+            "nest": self.nest_cfg.schedule,
             "lr": self.optim_cfg.lr,
             "schedule": self.optim_cfg.schedule,
             "params": count_params(self.student),
