@@ -9,6 +9,9 @@ up to 16 factors, and 16 rebuild GPT-2 exactly.
   for all, or per block or per matrix); the forward path follows the cost model for that k.
 - `extract(model, k)`: a standalone copy holding only those factors, which saves, exports and
   counts as its own size.
+
+Training every prefix at once: `krony.train.nest` (`nest=` in runs); per-layer sizes for a
+budget: `krony.mixnmatch`.
 """
 
 from __future__ import annotations

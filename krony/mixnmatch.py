@@ -1,0 +1,201 @@
+"""`python -m krony.mixnmatch <nested model> --out DIR`: per-layer factor counts for a parameter
+budget, from one nested model (Mix'n'Match; docs/method.md, "Nested factors").
+
+1. `sensitivity`: the loss increase on calibration tokens of each (layer, k): that layer with its
+   first k factors, every other layer with all of them.
+2. `choose`: the multiple-choice knapsack, by dynamic programming: one k per layer, within the
+   budget, the smallest summed increase (the increases are taken as additive).
+3. `pareto`: for a list of budgets, the chosen per-layer k, its parameters and its measured
+   validation loss, beside the uniform k that fits the same budget; `write` saves them as
+   `pareto.json` and `pareto.csv`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from krony.compression import count_params, kronecker_layers
+from krony.model import GPT
+from krony.nested import set_active_factors
+
+
+@torch.no_grad()
+def mean_loss(model: GPT, tokens: torch.Tensor, batch_size: int = 8) -> float:
+    """Mean next-token loss of `model` over rows of `tokens` (N, T + 1)."""
+    total, count = 0.0, 0
+    for i in range(0, len(tokens), batch_size):
+        batch = tokens[i:i + batch_size]
+        _, loss = model(batch[:, :-1], batch[:, 1:])
+        total += loss.item() * batch[:, 1:].numel()
+        count += batch[:, 1:].numel()
+    return total / count
+
+
+def factor_params(model: GPT) -> dict[str, int]:
+    """{layer name: parameters of one of its factors} (A and B entries, and its scalar)."""
+    return {name: layer.m1 * layer.n1 + layer.m2 * layer.n2 + (layer.scalars is not None)
+            for name, layer in kronecker_layers(model).items()}
+
+
+def params_with(model: GPT, sizes: dict[str, int]) -> int:
+    """The parameter count (Table-1 convention) of `model` extracted at per-layer `sizes`."""
+    per = factor_params(model)
+    layers = kronecker_layers(model)
+    return count_params(model) - sum((layers[n].factors - k) * per[n] for n, k in sizes.items())
+
+
+@torch.no_grad()
+def sensitivity(model: GPT, tokens: torch.Tensor, ks: Sequence[int], batch_size: int = 8,
+                progress: bool = False) -> dict[str, dict[int, float]]:
+    """{layer: {k: loss increase}} on `tokens`, one layer at k at a time (the full model's loss is 0)."""
+    set_active_factors(model, None)
+    base = mean_loss(model, tokens, batch_size)
+    layers = kronecker_layers(model)
+    out = {}
+    for name in tqdm(layers, desc="sensitivity", disable=not progress, unit="layer"):
+        out[name] = {}
+        for k in ks:
+            if k == layers[name].factors:
+                out[name][k] = 0.0
+                continue
+            set_active_factors(model, {name: k})
+            out[name][k] = mean_loss(model, tokens, batch_size) - base
+            set_active_factors(model, {name: None})
+    return out
+
+
+def choose(increase: dict[str, dict[int, float]], per_factor: dict[str, int], budget: int) -> dict[str, int] | None:
+    """One k per layer with Σ k·per_factor ≤ `budget` (factor parameters) and the smallest Σ increase:
+    a multiple-choice knapsack solved exactly by dynamic programming over parameters in units of
+    the factors' greatest common divisor. None when even the smallest k everywhere does not fit."""
+    names = list(increase)
+    unit = math.gcd(*per_factor.values())
+    cap = budget // unit
+    best: dict[int, tuple[float, list[int]]] = {0: (0.0, [])}  # units used -> (summed increase, ks so far)
+    for name in names:
+        step: dict[int, tuple[float, list[int]]] = {}
+        w = per_factor[name] // unit
+        for used, (cost, picks) in best.items():
+            for k, inc in increase[name].items():
+                u = used + k * w
+                if u <= cap and (u not in step or cost + inc < step[u][0]):
+                    step[u] = (cost + inc, picks + [k])
+        best = step
+        if not best:
+            return None
+    _, picks = min(best.values(), key=lambda v: v[0])
+    return dict(zip(names, picks))
+
+
+def pareto(model: GPT, calibration: torch.Tensor, validation: torch.Tensor, ks: Sequence[int],
+           budgets: Sequence[int] | None = None, batch_size: int = 8, progress: bool = False) -> list[dict]:
+    """Rows, one per budget (model parameters, Table-1 convention; default: the uniform sizes of
+    `ks` and the midpoints between them): the Mix'n'Match choice and the uniform k at that budget,
+    each with its parameters and validation loss."""
+    ks = sorted(ks)
+    increase = sensitivity(model, calibration, ks, batch_size, progress)
+    per = factor_params(model)
+    layers = list(increase)
+    uniform = {k: params_with(model, dict.fromkeys(layers, k)) for k in ks}
+    if budgets is None:
+        sizes = list(uniform.values())
+        budgets = sorted(set(sizes) | {(a + b) // 2 for a, b in zip(sizes, sizes[1:])})
+    fixed = count_params(model) - sum(kronecker_layers(model)[n].factors * per[n] for n in layers)
+    rows = []
+    for budget in tqdm(budgets, desc="budgets", disable=not progress):
+        picks = choose(increase, per, budget - fixed)
+        row: dict = {"budget": int(budget)}
+        if picks is not None:
+            set_active_factors(model, picks)
+            row.update(params=params_with(model, picks), val_loss=mean_loss(model, validation, batch_size),
+                       predicted_increase=sum(increase[n][k] for n, k in picks.items()), per_layer=picks)
+        fits = [k for k in ks if uniform[k] <= budget]
+        if fits:
+            k = fits[-1]
+            set_active_factors(model, k)
+            row.update(uniform_k=k, uniform_params=uniform[k], uniform_val_loss=mean_loss(model, validation, batch_size))
+        set_active_factors(model, None)
+        rows.append(row)
+    return rows
+
+
+def write(rows: list[dict], out: str | Path) -> Path:
+    """`pareto.json` (every field) and `pareto.csv` (per-layer k as one "name=k;..." column) in `out`."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "pareto.json").write_text(json.dumps(rows, indent=2) + "\n")
+    fields = ["budget", "params", "val_loss", "predicted_increase", "uniform_k", "uniform_params", "uniform_val_loss",
+              "per_layer"]
+    with open(out / "pareto.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        for r in rows:
+            flat = {**r, "per_layer": ";".join(f"{n}={k}" for n, k in r.get("per_layer", {}).items())}
+            w.writerow({k: flat.get(k, "") for k in fields})
+    return out
+
+
+def sample_tokens(context: int, calibration: int, validation: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(calibration, validation) rows of `context` + 1 tokens from the OpenWebText sample shipped
+    with krony: calibration from its start, validation from its end, never overlapping."""
+    from krony.data.sources import sample_path
+    from krony.tokenizer import encode_document
+
+    ids = torch.tensor(encode_document(Path(sample_path()).read_text()))
+    n_cal, n_val = max(1, calibration // context), max(1, validation // context)
+    if (n_cal + n_val) * (context + 1) > len(ids):
+        raise ValueError(f"the shipped sample has {len(ids):,} tokens: ask for fewer than "
+                         f"{len(ids) // (context + 1) * context:,} calibration + validation tokens at context {context}")
+    cal = ids[: n_cal * (context + 1)].view(n_cal, context + 1)
+    val = ids[len(ids) - n_val * (context + 1):].view(n_val, context + 1)
+    return cal, val
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m krony.mixnmatch", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", help="a nested model: run directory, model directory or hub name")
+    p.add_argument("--out", required=True, help="directory for pareto.json and pareto.csv")
+    p.add_argument("--ks", type=int, nargs="+", default=[1, 2, 4, 8, 16], help="factor counts each layer may take")
+    p.add_argument("--budgets", type=int, nargs="*", default=None,
+                   help="model sizes (Table-1 parameters); default: the uniform sizes and the midpoints")
+    p.add_argument("--context", type=int, default=None, help="tokens per row (default: the model's block size)")
+    p.add_argument("--calibration-tokens", type=int, default=16384, help="tokens measuring each layer's sensitivity")
+    p.add_argument("--validation-tokens", type=int, default=16384, help="tokens measuring each choice")
+    p.add_argument("--batch-size", type=int, default=8, help="rows per forward")
+    args = p.parse_args(argv)
+    try:
+        from krony.hf import resolve_model
+
+        model = resolve_model(args.model)[0].eval()
+        layers = kronecker_layers(model)
+        if not layers:
+            raise ValueError(f"{args.model} has no Kronecker layers: Mix'n'Match needs a nested model")
+        too_big = [k for k in args.ks if any(k > layer.factors or k < 1 for layer in layers.values())]
+        if too_big:
+            raise ValueError(f"--ks {too_big}: every k must be in 1..{min(layer.factors for layer in layers.values())}")
+        cal, val = sample_tokens(args.context or model.config.block_size, args.calibration_tokens, args.validation_tokens)
+        rows = pareto(model, cal, val, args.ks, args.budgets, args.batch_size, progress=True)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = write(rows, args.out)
+    for r in rows:
+        mix = f"{r['params']:,} params, val loss {r['val_loss']:.4f}" if "params" in r else "nothing fits"
+        uni = f"k={r['uniform_k']}, val loss {r['uniform_val_loss']:.4f}" if "uniform_k" in r else "nothing fits"
+        print(f"budget {r['budget']:,}: mix'n'match {mix} | uniform {uni}")
+    print(f"wrote {out / 'pareto.json'} and {out / 'pareto.csv'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
