@@ -146,7 +146,8 @@ def write(rows: list[dict], out: str | Path) -> Path:
 
 def sample_tokens(context: int, calibration: int, validation: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(calibration, validation) rows of `context` + 1 tokens from the OpenWebText sample shipped
-    with krony: calibration from its start, validation from its end, never overlapping."""
+    with krony, never overlapping: validation from its start (the first 100 paragraphs, 4,880
+    tokens, are what `data=local` holds out of training), calibration from its end."""
     from krony.data.sources import sample_path
     from krony.tokenizer import encode_document
 
@@ -155,8 +156,8 @@ def sample_tokens(context: int, calibration: int, validation: int) -> tuple[torc
     if (n_cal + n_val) * (context + 1) > len(ids):
         raise ValueError(f"the shipped sample has {len(ids):,} tokens: ask for fewer than "
                          f"{len(ids) // (context + 1) * context:,} calibration + validation tokens at context {context}")
-    cal = ids[: n_cal * (context + 1)].view(n_cal, context + 1)
-    val = ids[len(ids) - n_val * (context + 1):].view(n_val, context + 1)
+    val = ids[: n_val * (context + 1)].view(n_val, context + 1)
+    cal = ids[len(ids) - n_cal * (context + 1):].view(n_cal, context + 1)
     return cal, val
 
 
@@ -170,7 +171,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="model sizes (Table-1 parameters); default: the uniform sizes and the midpoints")
     p.add_argument("--context", type=int, default=None, help="tokens per row (default: the model's block size)")
     p.add_argument("--calibration-tokens", type=int, default=16384, help="tokens measuring each layer's sensitivity")
-    p.add_argument("--validation-tokens", type=int, default=16384, help="tokens measuring each choice")
+    p.add_argument("--validation-tokens", type=int, default=4096,
+                   help="tokens measuring each choice (up to 4,880 are held out of data=local training)")
     p.add_argument("--batch-size", type=int, default=8, help="rows per forward")
     args = p.parse_args(argv)
     try:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from krony import GPT, GPTConfig, compress, count_params, extract
-from krony.mixnmatch import choose, factor_params, main, mean_loss, pareto, params_with, sensitivity
+from krony.mixnmatch import choose, factor_params, main, mean_loss, pareto, params_with, sample_tokens, sensitivity
 from krony.nested import set_active_factors
 
 
@@ -82,3 +82,16 @@ def test_command_writes_the_pareto_set(tmp_path, capsys):
     assert len(table) == 5 and "transformer.h.0.mlp.c_fc=" in table[0]["per_layer"]
     assert main([str(tmp_path / "nested"), "--out", str(tmp_path / "mm"), "--ks", "1", "8"]) == 2
     assert "every k must be in 1..4" in capsys.readouterr().err
+
+
+def test_validation_tokens_are_the_held_out_start_of_the_sample():
+    from krony.data.sources import sample_path
+    from krony.tokenizer import encode_document
+
+    ids = encode_document(open(sample_path()).read())
+    cal, val = sample_tokens(64, 256, 256)
+    assert val.shape == cal.shape == (4, 65)
+    assert val.flatten().tolist() == ids[:4 * 65]  # data=local holds out the first 100 paragraphs (4,880 tokens)
+    assert cal.flatten().tolist() == ids[-4 * 65:]
+    with pytest.raises(ValueError, match="ask for fewer than"):
+        sample_tokens(64, 10**6, 64)
