@@ -7,13 +7,14 @@ budget, from one nested model (Mix'n'Match; docs/method.md, "Nested factors").
    budget, the smallest summed increase (the increases are taken as additive).
 3. `pareto`: for a list of budgets, the chosen per-layer k, its parameters and its measured
    validation loss, beside the uniform k that fits the same budget; `write` saves them as
-   `pareto.json` and `pareto.csv`.
+   `pareto.json` and `pareto.csv`, and the increases as `sensitivity.json`.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
 import math
 import sys
@@ -96,13 +97,12 @@ def choose(increase: dict[str, dict[int, float]], per_factor: dict[str, int], bu
     return dict(zip(names, picks))
 
 
-def pareto(model: GPT, calibration: torch.Tensor, validation: torch.Tensor, ks: Sequence[int],
+def pareto(model: GPT, increase: dict[str, dict[int, float]], validation: torch.Tensor,
            budgets: Sequence[int] | None = None, batch_size: int = 8, progress: bool = False) -> list[dict]:
     """Rows, one per budget (model parameters, Table-1 convention; default: the uniform sizes of
-    `ks` and the midpoints between them): the Mix'n'Match choice and the uniform k at that budget,
-    each with its parameters and validation loss."""
-    ks = sorted(ks)
-    increase = sensitivity(model, calibration, ks, batch_size, progress)
+    the k in `increase` (from `sensitivity`) and the midpoints between them): the Mix'n'Match
+    choice and the uniform k at that budget, each with its parameters and validation loss."""
+    ks = sorted(next(iter(increase.values())))
     per = factor_params(model)
     layers = list(increase)
     uniform = {k: params_with(model, dict.fromkeys(layers, k)) for k in ks}
@@ -128,10 +128,12 @@ def pareto(model: GPT, calibration: torch.Tensor, validation: torch.Tensor, ks: 
     return rows
 
 
-def write(rows: list[dict], out: str | Path) -> Path:
-    """`pareto.json` (every field) and `pareto.csv` (per-layer k as one "name=k;..." column) in `out`."""
+def write(rows: list[dict], increase: dict[str, dict[int, float]], out: str | Path) -> Path:
+    """`pareto.json` (every field), `pareto.csv` (per-layer k as one "name=k;..." column) and
+    `sensitivity.json` ({layer: {k: loss increase on the calibration tokens}}) in `out`."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    (out / "sensitivity.json").write_text(json.dumps(increase, indent=2) + "\n")
     (out / "pareto.json").write_text(json.dumps(rows, indent=2) + "\n")
     fields = ["budget", "params", "val_loss", "predicted_increase", "uniform_k", "uniform_params", "uniform_val_loss",
               "per_layer"]
@@ -144,20 +146,38 @@ def write(rows: list[dict], out: str | Path) -> Path:
     return out
 
 
-def sample_tokens(context: int, calibration: int, validation: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(calibration, validation) rows of `context` + 1 tokens from the OpenWebText sample shipped
-    with krony, never overlapping: validation from its start (the first 100 paragraphs, 4,880
-    tokens, are what `data=local` holds out of training), calibration from its end."""
-    from krony.data.sources import sample_path
-    from krony.tokenizer import encode_document
+def sample_tokens(context: int, calibration: int, validation: int | None = None, val_documents: int = 100,
+                  calibration_file: str | Path | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(calibration, validation) rows of `context` + 1 tokens, packed as `data=local` packs text
+    (one document per paragraph, end-of-text between). Validation is that run's validation set:
+    the first `val_documents` paragraphs of the OpenWebText sample shipped with krony, held out of
+    training (`validation` caps its tokens; None: all of it). Calibration is the first
+    `calibration` tokens of `calibration_file` (a text file), or by default of the text a
+    `data=local` run trains on (the rest of the sample)."""
+    from krony.data.sources import TextSource, file_problem, sample_path
+    from krony.data.stream import PackedBlocks
 
-    ids = torch.tensor(encode_document(Path(sample_path()).read_text()))
-    n_cal, n_val = max(1, calibration // context), max(1, validation // context)
-    if (n_cal + n_val) * (context + 1) > len(ids):
-        raise ValueError(f"the shipped sample has {len(ids):,} tokens: ask for fewer than "
-                         f"{len(ids) // (context + 1) * context:,} calibration + validation tokens at context {context}")
-    val = ids[: n_val * (context + 1)].view(n_val, context + 1)
-    cal = ids[len(ids) - n_cal * (context + 1):].view(n_cal, context + 1)
+    def rows(path: str, split: str, held_out: int, limit: int | None, what: str) -> torch.Tensor:
+        source = TextSource(path="text", name=None, revision=None, data_files=[path], expected_files=None,
+                            sample_by="paragraph")
+        ds = PackedBlocks(source, context, split=split, val_documents=held_out, shuffle_buffer=0, epochs=1)
+        n = None if limit is None else max(1, limit // context)
+        got = list(itertools.islice(ds, n))
+        if n is not None and len(got) < n:
+            raise ValueError(f"{what} holds {len(got) * context:,} tokens at context {context}: "
+                             f"ask for at most that many calibration tokens")
+        if not got:
+            raise ValueError(f"{what} holds no block of {context + 1} tokens: lower --context")
+        return torch.stack(got)
+
+    if calibration_file is not None:
+        problem = file_problem(calibration_file)
+        if problem:
+            raise ValueError(f"--calibration-file {calibration_file} {problem}: give a UTF-8 text file")
+        cal = rows(str(calibration_file), "train", 0, calibration, str(calibration_file))
+    else:
+        cal = rows(sample_path(), "train", val_documents, calibration, "the shipped sample's training text")
+    val = rows(sample_path(), "val", val_documents, validation, f"the sample's {val_documents} held-out paragraphs")
     return cal, val
 
 
@@ -171,8 +191,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="model sizes (Table-1 parameters); default: the uniform sizes and the midpoints")
     p.add_argument("--context", type=int, default=None, help="tokens per row (default: the model's block size)")
     p.add_argument("--calibration-tokens", type=int, default=16384, help="tokens measuring each layer's sensitivity")
-    p.add_argument("--validation-tokens", type=int, default=4096,
-                   help="tokens measuring each choice (up to 4,880 are held out of data=local training)")
+    p.add_argument("--calibration-file", default=None,
+                   help="text file to calibrate on (default: the shipped sample's training text); use text the model "
+                        "has not trained on for several epochs")
+    p.add_argument("--validation-tokens", type=int, default=None,
+                   help="tokens measuring each choice, from data=local's validation set (default: all of it)")
     p.add_argument("--batch-size", type=int, default=8, help="rows per forward")
     args = p.parse_args(argv)
     try:
@@ -185,17 +208,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         too_big = [k for k in args.ks if any(k > layer.factors or k < 1 for layer in layers.values())]
         if too_big:
             raise ValueError(f"--ks {too_big}: every k must be in 1..{min(layer.factors for layer in layers.values())}")
-        cal, val = sample_tokens(args.context or model.config.block_size, args.calibration_tokens, args.validation_tokens)
-        rows = pareto(model, cal, val, args.ks, args.budgets, args.batch_size, progress=True)
+        cal, val = sample_tokens(args.context or model.config.block_size, args.calibration_tokens, args.validation_tokens,
+                                 calibration_file=args.calibration_file)
+        increase = sensitivity(model, cal, sorted(args.ks), args.batch_size, progress=True)
+        rows = pareto(model, increase, val, args.budgets, args.batch_size, progress=True)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    out = write(rows, args.out)
+    out = write(rows, increase, args.out)
     for r in rows:
         mix = f"{r['params']:,} params, val loss {r['val_loss']:.4f}" if "params" in r else "nothing fits"
         uni = f"k={r['uniform_k']}, val loss {r['uniform_val_loss']:.4f}" if "uniform_k" in r else "nothing fits"
         print(f"budget {r['budget']:,}: mix'n'match {mix} | uniform {uni}")
-    print(f"wrote {out / 'pareto.json'} and {out / 'pareto.csv'}")
+    print(f"wrote {out / 'pareto.json'}, {out / 'pareto.csv'} and {out / 'sensitivity.json'}")
     return 0
 
 

@@ -54,8 +54,8 @@ def test_sensitivity_is_the_loss_increase_of_one_layer_at_k(nested):
 def test_pareto_rows_fit_their_budgets_and_beat_uniform_on_the_estimate(nested):
     g = torch.Generator().manual_seed(2)
     cal, val = torch.randint(0, 101, (4, 17), generator=g), torch.randint(0, 101, (4, 17), generator=g)
-    rows = pareto(nested, cal, val, [1, 2, 4])
     inc = sensitivity(nested, cal, [1, 2, 4])
+    rows = pareto(nested, inc, val)
     uniform = {k: count_params(extract(nested, k)) for k in (1, 2, 4)}
     assert [r["budget"] for r in rows] == sorted(set(uniform.values()) | {(uniform[1] + uniform[2]) // 2,
                                                                          (uniform[2] + uniform[4]) // 2})
@@ -80,18 +80,47 @@ def test_command_writes_the_pareto_set(tmp_path, capsys):
     with open(tmp_path / "mm" / "pareto.csv") as f:
         table = list(csv.DictReader(f))
     assert len(table) == 5 and "transformer.h.0.mlp.c_fc=" in table[0]["per_layer"]
+    increase = json.loads((tmp_path / "mm" / "sensitivity.json").read_text())
+    assert set(increase) == {"transformer.h.0.mlp.c_fc", "transformer.h.0.mlp.c_proj"}
+    assert all(set(v) == {"1", "2", "4"} and v["4"] == 0.0 for v in increase.values())
     assert main([str(tmp_path / "nested"), "--out", str(tmp_path / "mm"), "--ks", "1", "8"]) == 2
     assert "every k must be in 1..4" in capsys.readouterr().err
 
 
-def test_validation_tokens_are_the_held_out_start_of_the_sample():
-    from krony.data.sources import sample_path
-    from krony.tokenizer import encode_document
+def test_validation_rows_are_the_local_runs_validation_set(tmp_path):
+    """Mix'n'Match's validation loss is measured on exactly what a data=local run validates on
+    (so it matches the run's val/loss_k<k>); calibration rows are training text, in order."""
+    from hydra.utils import instantiate
 
-    ids = encode_document(open(sample_path()).read())
-    cal, val = sample_tokens(64, 256, 256)
-    assert val.shape == cal.shape == (4, 65)
-    assert val.flatten().tolist() == ids[:4 * 65]  # data=local holds out the first 100 paragraphs (4,880 tokens)
-    assert cal.flatten().tolist() == ids[-4 * 65:]
-    with pytest.raises(ValueError, match="ask for fewer than"):
-        sample_tokens(64, 10**6, 64)
+    from conftest import make_cfg
+
+    cfg = make_cfg(tmp_path, ["data=local", "context=64"])
+    dm = instantiate(cfg.data)
+    dm.setup("fit")
+    run_val = torch.cat(list(dm.val_dataloader()))
+    cal, val = sample_tokens(64, 256)
+    torch.testing.assert_close(val, run_val, rtol=0, atol=0)
+    assert cal.shape == (4, 65)
+    assert not any(torch.equal(c, v) for c in cal for v in val)
+    assert sample_tokens(64, 256, 128)[1].shape == (2, 65)
+    with pytest.raises(ValueError, match="at most"):
+        sample_tokens(64, 10**7)
+    with pytest.raises(ValueError, match="lower --context"):
+        sample_tokens(64, 256, val_documents=0)
+
+
+def test_calibration_from_a_text_file(tmp_path):
+    from krony.tokenizer import EOT, encode_document
+
+    paragraphs = [f"Paragraph {i} says something about the number {i * 7}." for i in range(60)]
+    text = tmp_path / "calib.txt"
+    text.write_text("\n\n".join(paragraphs) + "\n")
+    cal, val = sample_tokens(16, 64, calibration_file=text)
+    stream = [t for p in paragraphs for t in encode_document(p)]
+    assert stream[len(encode_document(paragraphs[0])) - 1] == EOT
+    assert cal.flatten().tolist() == stream[:4 * 17]  # paragraphs packed in order, end-of-text between
+    torch.testing.assert_close(val, sample_tokens(16, 64)[1], rtol=0, atol=0)  # validation stays the run's
+    with pytest.raises(ValueError, match="cannot be read"):
+        sample_tokens(16, 64, calibration_file=tmp_path / "missing.txt")
+    with pytest.raises(ValueError, match="at most"):
+        sample_tokens(16, 10**6, calibration_file=text)

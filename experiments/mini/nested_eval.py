@@ -1,10 +1,10 @@
 """Evaluate the nested mini experiment (experiments/mini/nested.sh) at every prefix.
 
 For Van Loan's truncation of the teacher (no training), the plain r = 16 run, the nested
-(sandwich) run and the independently trained 4-factor run: the in-domain loss on the held-out
-start of the shipped OpenWebText sample (4,096 tokens) and the paper-protocol perplexity on
-WikiText-2 and LAMBADA (first 32K tokens each), with the first k = 1, 2, 4, 8, 16 factors active. Writes results.json and
-table.md. Usage: python experiments/mini/nested_eval.py <root> <data_dir> <out dir>
+(sandwich) run and the independently trained 4-factor run: the in-domain loss on the runs'
+validation set (`data=local`: the shipped OpenWebText sample's first 100 paragraphs, held out of
+training) and the paper-protocol perplexity on WikiText-2 and LAMBADA (first 32K tokens each),
+with the first k = 1, 2, 4, 8, 16 factors active. Writes results.json and table.md. Usage: python experiments/mini/nested_eval.py <root> <data_dir> <out dir>
 """
 
 import json
@@ -22,7 +22,7 @@ KS = [1, 2, 4, 8, 16]
 
 def main(root: Path, data_dir: str, out: Path) -> None:
     teacher = GPT.from_pretrained(root / "teacher" / "export").eval()
-    _, val = sample_tokens(teacher.config.block_size, 128, 4096)  # the held-out start of the sample
+    _, val = sample_tokens(teacher.config.block_size, 128)  # the runs' validation set
     sweep = root / "sweep"
     models = {
         "Van Loan truncation (no training)": compress(GPT.from_pretrained(root / "teacher" / "export"), "128x32",
