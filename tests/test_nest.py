@@ -90,3 +90,27 @@ def test_nest_config_says_what_is_wrong():
     with pytest.raises(ConfigError, match="the largest prefix must be the model's factors"):
         NestConfig(schedule="all").check_model(model)
     NestConfig(schedule="off").check_model(model)  # off checks nothing
+
+
+def test_sandwich_step_under_bf16_autocast_at_gpt2_width():
+    """A sandwich step (per-layer middle draw) of a GPT-2-width model with the 768x192 nested
+    factors gives bf16-autocast gradients close to fp32 ones, on every layer's factors."""
+    from krony import GPT, GPTConfig
+
+    torch.manual_seed(4)
+    model = compress(GPT(GPTConfig(block_size=32, vocab_size=512, n_layer=2, n_head=12, n_embd=768)),
+                     "768x192", factors=16)
+    cfg = NestConfig(schedule="sandwich", per_layer=True)
+    tokens = torch.randint(0, 512, (2, 33))
+    x, y = tokens[:, :-1], tokens[:, 1:]
+    grads = []
+    for bf16 in (False, True):
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss, _ = nested_loss(model, cfg, x, y, step=1, seed=0)
+        assert loss.dtype == torch.float32 and torch.isfinite(loss)
+        loss.backward()
+        grads.append({n: layer.A.grad.clone() for n, layer in kronecker_layers(model).items()})
+    for name, g in grads[0].items():
+        assert g.norm() > 0
+        assert ((grads[1][name] - g).norm() / g.norm()).item() < 3e-2, name
