@@ -147,37 +147,48 @@ def write(rows: list[dict], increase: dict[str, dict[int, float]], out: str | Pa
 
 
 def sample_tokens(context: int, calibration: int, validation: int | None = None, val_documents: int = 100,
-                  calibration_file: str | Path | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                  calibration_file: str | Path | None = None,
+                  validation_file: str | Path | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(calibration, validation) rows of `context` + 1 tokens, packed as `data=local` packs text
-    (one document per paragraph, end-of-text between). Validation is that run's validation set:
-    the first `val_documents` paragraphs of the OpenWebText sample shipped with krony, held out of
-    training (`validation` caps its tokens; None: all of it). Calibration is the first
-    `calibration` tokens of `calibration_file` (a text file), or by default of the text a
-    `data=local` run trains on (the rest of the sample)."""
+    (one document per paragraph, end-of-text between).
+
+    Validation: the first `validation` tokens (None: all) of `validation_file`, or by default that
+    run's validation set, the first `val_documents` paragraphs of the OpenWebText sample shipped
+    with krony (held out of its training). Calibration: the first `calibration` tokens of
+    `calibration_file`, or by default of the text a `data=local` run trains on (the rest of the
+    sample)."""
     from krony.data.sources import TextSource, file_problem, sample_path
     from krony.data.stream import PackedBlocks
 
-    def rows(path: str, split: str, held_out: int, limit: int | None, what: str) -> torch.Tensor:
-        source = TextSource(path="text", name=None, revision=None, data_files=[path], expected_files=None,
+    def rows(path: str | Path, split: str, held_out: int, limit: int | None, what: str, flag: str) -> torch.Tensor:
+        source = TextSource(path="text", name=None, revision=None, data_files=[str(path)], expected_files=None,
                             sample_by="paragraph")
         ds = PackedBlocks(source, context, split=split, val_documents=held_out, shuffle_buffer=0, epochs=1)
         n = None if limit is None else max(1, limit // context)
         got = list(itertools.islice(ds, n))
         if n is not None and len(got) < n:
             raise ValueError(f"{what} holds {len(got) * context:,} tokens at context {context}: "
-                             f"ask for at most that many calibration tokens")
+                             f"ask for at most that many ({flag}-tokens)")
         if not got:
             raise ValueError(f"{what} holds no block of {context + 1} tokens: lower --context")
         return torch.stack(got)
 
-    if calibration_file is not None:
-        problem = file_problem(calibration_file)
+    def from_file(path: str | Path, limit: int | None, flag: str) -> torch.Tensor:
+        problem = file_problem(path)
         if problem:
-            raise ValueError(f"--calibration-file {calibration_file} {problem}: give a UTF-8 text file")
-        cal = rows(str(calibration_file), "train", 0, calibration, str(calibration_file))
+            raise ValueError(f"{flag}-file {path} {problem}: give a UTF-8 text file")
+        return rows(path, "train", 0, limit, str(path), flag)
+
+    sample = sample_path()
+    if calibration_file is not None:
+        cal = from_file(calibration_file, calibration, "--calibration")
     else:
-        cal = rows(sample_path(), "train", val_documents, calibration, "the shipped sample's training text")
-    val = rows(sample_path(), "val", val_documents, validation, f"the sample's {val_documents} held-out paragraphs")
+        cal = rows(sample, "train", val_documents, calibration, "the shipped sample's training text", "--calibration")
+    if validation_file is not None:
+        val = from_file(validation_file, validation, "--validation")
+    else:
+        val = rows(sample, "val", val_documents, validation, f"the sample's {val_documents} held-out paragraphs",
+                   "--validation")
     return cal, val
 
 
@@ -194,8 +205,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--calibration-file", default=None,
                    help="text file to calibrate on (default: the shipped sample's training text); use text the model "
                         "has not trained on for several epochs")
-    p.add_argument("--validation-tokens", type=int, default=None,
-                   help="tokens measuring each choice, from data=local's validation set (default: all of it)")
+    p.add_argument("--validation-tokens", type=int, default=None, help="tokens measuring each choice (default: all)")
+    p.add_argument("--validation-file", default=None,
+                   help="text file to measure each choice on (default: data=local's validation set, the shipped "
+                        "sample's first 100 paragraphs)")
     p.add_argument("--batch-size", type=int, default=8, help="rows per forward")
     args = p.parse_args(argv)
     try:
@@ -209,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if too_big:
             raise ValueError(f"--ks {too_big}: every k must be in 1..{min(layer.factors for layer in layers.values())}")
         cal, val = sample_tokens(args.context or model.config.block_size, args.calibration_tokens, args.validation_tokens,
-                                 calibration_file=args.calibration_file)
+                                 calibration_file=args.calibration_file, validation_file=args.validation_file)
         increase = sensitivity(model, cal, sorted(args.ks), args.batch_size, progress=True)
         rows = pareto(model, increase, val, args.budgets, args.batch_size, progress=True)
     except ValueError as e:

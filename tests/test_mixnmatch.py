@@ -85,6 +85,9 @@ def test_command_writes_the_pareto_set(tmp_path, capsys):
     assert all(set(v) == {"1", "2", "4"} and v["4"] == 0.0 for v in increase.values())
     assert main([str(tmp_path / "nested"), "--out", str(tmp_path / "mm"), "--ks", "1", "8"]) == 2
     assert "every k must be in 1..4" in capsys.readouterr().err
+    assert main([str(tmp_path / "nested"), "--out", str(tmp_path / "mm"), "--ks", "1", "2", "4",
+                 "--validation-file", str(tmp_path / "missing.txt")]) == 2
+    assert "--validation-file" in capsys.readouterr().err
 
 
 def test_validation_rows_are_the_local_runs_validation_set(tmp_path):
@@ -122,5 +125,12 @@ def test_calibration_from_a_text_file(tmp_path):
     torch.testing.assert_close(val, sample_tokens(16, 64)[1], rtol=0, atol=0)  # validation stays the run's
     with pytest.raises(ValueError, match="cannot be read"):
         sample_tokens(16, 64, calibration_file=tmp_path / "missing.txt")
-    with pytest.raises(ValueError, match="at most"):
+    with pytest.raises(ValueError, match=r"at most that many \(--calibration-tokens\)"):
         sample_tokens(16, 10**6, calibration_file=text)
+    cal2, val2 = sample_tokens(16, 64, 32, validation_file=text)  # validation from the file, calibration the default
+    assert val2.flatten().tolist() == stream[:2 * 17]
+    torch.testing.assert_close(cal2, sample_tokens(16, 64)[0], rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"--validation-file .*missing.txt cannot be read"):
+        sample_tokens(16, 64, validation_file=tmp_path / "missing.txt")
+    with pytest.raises(ValueError, match=r"at most that many \(--validation-tokens\)"):
+        sample_tokens(16, 64, 10**6)
