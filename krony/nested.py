@@ -22,7 +22,7 @@ from typing import Mapping
 import torch
 
 from krony.compression import kronecker_layers, replace_module
-from krony.layers.kronecker import KroneckerLinear
+from krony.layers.kronecker import KroneckerLinear, check_active_factors
 from krony.model import GPT
 
 Sizes = int | None | Mapping[int | str, int]
@@ -50,11 +50,6 @@ def _per_layer(model: GPT, k: Sizes) -> dict[str, int | None]:
     return out
 
 
-def _check(name: str, k: object, factors: int) -> None:
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= factors:
-        raise ValueError(f"{name}: the factors to use must be an integer in 1..{factors} (the layer's factors), got {k!r}")
-
-
 def set_active_factors(model: GPT, k: Sizes) -> GPT:
     """Let the Kronecker layers of `model` use their first `k` factors (see `Sizes`), in place;
     returns the model. Raises before changing anything when a k is out of a layer's range."""
@@ -62,7 +57,7 @@ def set_active_factors(model: GPT, k: Sizes) -> GPT:
     chosen = _per_layer(model, k)
     for name, v in chosen.items():
         if v is not None:
-            _check(name, v, layers[name].factors)
+            check_active_factors(v, layers[name].factors, name)
     for name, v in chosen.items():
         layers[name].active_factors = v
     return model
@@ -83,7 +78,7 @@ def extract(model: GPT, k: Sizes = None) -> GPT:
     if k is not None:
         sizes.update({n: layers[n].factors if v is None else v for n, v in _per_layer(model, k).items()})
     for name, v in sizes.items():
-        _check(name, v, layers[name].factors)
+        check_active_factors(v, layers[name].factors, name)
     small = copy.deepcopy(model)
     for name, layer in kronecker_layers(small).items():
         v = sizes[name]

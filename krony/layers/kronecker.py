@@ -238,6 +238,14 @@ def kron_matmul(
     return from_factored(y, x.shape[:-1])
 
 
+def check_active_factors(k: object, factors: int, where: str = "") -> None:
+    """Raise unless `k` can be the active factor count of a layer with `factors` factors
+    (`where`, e.g. the module name, starts the message)."""
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= factors:
+        raise ValueError(f"{where}{': ' if where else ''}the factors to use must be an integer in 1..{factors} "
+                         f"(the layer's factors), got {k!r}")
+
+
 class KroneckerLinear(FactoredLinear):
     """A linear layer whose weight is sum_i s_i * kron(A_i, B_i), in `nn.Linear` layout (out, in).
 
@@ -293,8 +301,8 @@ class KroneckerLinear(FactoredLinear):
 
     @active_factors.setter
     def active_factors(self, k: int | None) -> None:
-        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.factors):
-            raise ValueError(f"the factors to use must be an integer in 1..{self.factors} (the layer's factors), got {k!r}")
+        if k is not None:
+            check_active_factors(k, self.factors)
         self._active = None if k == self.factors else k
 
     def active(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:

@@ -176,10 +176,13 @@ class LanguageModelModule(L.LightningModule):
 
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
         x, y = batch[:, :-1], batch[:, 1:]
-        self.val_loss.update(lm_loss(self.student(x)[0], y), weight=y.numel())
-        if self.nest_cfg.enabled:  # every prefix's loss, averaged over the validation batches
-            for k, loss in prefix_losses(self.student, self.nest_cfg, x, y).items():
-                self.log(f"val/loss_k{k}", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=y.numel())
+        if not self.nest_cfg.enabled:
+            self.val_loss.update(lm_loss(self.student(x)[0], y), weight=y.numel())
+            return
+        losses = prefix_losses(self.student, self.nest_cfg, x, y)  # every prefix, the largest is the full model
+        self.val_loss.update(losses[self.nest_cfg.prefixes[-1]], weight=y.numel())
+        for k, loss in losses.items():
+            self.log(f"val/loss_k{k}", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=y.numel())
 
     def on_validation_epoch_end(self) -> None:
         if self.val_loss.update_count == 0:

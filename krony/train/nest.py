@@ -79,8 +79,12 @@ def nested_loss(student, cfg: NestConfig, x: torch.Tensor, y: torch.Tensor, step
         for p in prefixes:
             set_active_factors(student, p.sizes)
             logits = student(x)[0]  # (B, T, V)
-            ce = lm_loss(logits, y)
-            loss = soft_target_kl(logits, reference, cfg.temperature) if p.distil and reference is not None else ce
+            if p.distil and reference is not None:
+                loss = soft_target_kl(logits, reference, cfg.temperature)
+                with torch.no_grad():  # logged only: no graph over the (B, T, V) log-softmax
+                    ce = lm_loss(logits, y)
+            else:
+                loss = ce = lm_loss(logits, y)
             if reference is None:
                 reference = logits.detach()
             total = p.weight * loss if total is None else total + p.weight * loss
