@@ -148,13 +148,15 @@ def build_parser() -> argparse.ArgumentParser:
     pub.add_argument("--private", action="store_true", help="create the repository private")
     pub.add_argument("--dry-run", action="store_true", help="only write the folder (model, tokenizer, code, README.md)")
     pub.add_argument("--out", help="where to write the folder (default: <run dir>/publish-<name>)")
+    pub.add_argument("--allow-random-teacher", action="store_true",
+                     help="publish a run distilled from a random teacher (a smoke run); its card says so")
     return p
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
     from krony.publish import prepare, upload
 
-    folder = prepare(args.source, args.repo, args.out)
+    folder = prepare(args.source, args.repo, args.out, allow_random_teacher=args.allow_random_teacher)
     print(f"wrote {folder} ({', '.join(sorted(p.name for p in folder.iterdir()))})")
     if args.dry_run:
         print("dry run: nothing uploaded")

@@ -137,7 +137,8 @@ def from_config(cls: type, values: Mapping[str, Any], prefix: str, raw: Mapping[
         if name not in known:
             raise ConfigError(f"{prefix}.{name}", value, f"unknown key{suggest(name, known)}; valid keys: {', '.join(known)}")
         if not _matches(value, hints[name]):
-            raise ConfigError(key_of(name), value, f"must be {_type_name(hints[name])}")
+            advice = cls.type_advice(name, value) if hasattr(cls, "type_advice") else ""
+            raise ConfigError(key_of(name), value, f"must be {_type_name(hints[name])}{advice}")
     try:
         return cls(**kwargs)
     except ConfigError as e:
@@ -260,6 +261,17 @@ class ModelConfig:
     """Give the student its own lm_head (a copy of wte), as TQCompressedGPT2 and KnGPT-2 train."""
     activation: str | None = None
     """The student's FFN activation: gelu_new | gelu (exact erf, as the authors' code ran); None: the teacher's."""
+
+    @staticmethod
+    def type_advice(name: str, value: Any) -> str:
+        """What to write instead of a value of the wrong type (`decomp=81` -> did you mean 81m?)."""
+        if name != "scheme" or not isinstance(value, (int, float)):
+            return ""
+        from krony.schemes import NAMED
+
+        guess = f"{value:g}m"
+        close = f" (did you mean {guess}?)" if any(s.name == guess for s in NAMED) else ""
+        return f", a scheme name or A dims such as 81m or 768x768{close}"
 
     def __post_init__(self) -> None:
         from krony.schemes import get_scheme

@@ -3,9 +3,56 @@ without unpickling code, with one clear line when a file is damaged."""
 
 from __future__ import annotations
 
+import errno
 import os
+import re
+import shutil
 from pathlib import Path
 from typing import Any, Callable
+
+NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+NO_SPACE_TEXT = re.compile(r"no space left|disk quota|file write failed", re.IGNORECASE)
+"""What a full disk looks like in an error torch's C++ writer raises (it drops the errno)."""
+
+
+class DiskFull(OSError):
+    """Not enough disk: a write that failed for want of space (its partial file already removed),
+    or a run that would not fit. `str()` is one line naming the path and the free space."""
+
+    def __init__(self, message: str, path: str | os.PathLike, free: int | None, failed_write: bool = False) -> None:
+        self.path, self.free, self.failed_write = str(path), free, failed_write
+        super().__init__(errno.ENOSPC, message)
+
+    @classmethod
+    def on_write(cls, path: str | os.PathLike, free: int | None) -> "DiskFull":
+        room = f"{free / 1e9:.2f} GB free" if free is not None else "free space unknown"
+        return cls(f"disk full: could not write {path} ({room} in {Path(path).parent})", path, free, True)
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+def free_bytes(path: str | os.PathLike) -> int | None:
+    """Free bytes on the filesystem of `path` (or its nearest existing parent), None if unknown."""
+    p = Path(path)
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        return shutil.disk_usage(p).free
+    except OSError:
+        return None
+
+
+def is_disk_full(e: BaseException, directory: str | os.PathLike, partial_bytes: int = 0) -> bool:
+    """Whether a failed write failed for want of space: ENOSPC / EDQUOT anywhere in the chain, the
+    words of torch's writer for it, or a disk whose free space is what the partial file took."""
+    seen: BaseException | None = e
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in NO_SPACE_ERRNOS or NO_SPACE_TEXT.search(str(seen)):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    free = free_bytes(directory)
+    return free is not None and partial_bytes > 0 and free <= partial_bytes + (16 << 20)
 
 
 def default_mode() -> int:
@@ -29,18 +76,41 @@ def atomic_write(target: str | os.PathLike, write: Callable[[str], Any], fsync: 
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + ".tmp")
-    write(str(tmp))
-    if fsync:
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-    os.chmod(tmp, default_mode())
-    os.replace(tmp, target)
+    try:
+        write(str(tmp))
+        if fsync:
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+        os.chmod(tmp, default_mode())
+        os.replace(tmp, target)
+    except BaseException as e:  # a failed or interrupted write leaves no partial file (it would keep the disk full)
+        partial = tmp.lstat().st_size if tmp.is_file() else 0
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, Exception) and not isinstance(e, DiskFull) and is_disk_full(e, target.parent, partial):
+            raise DiskFull.on_write(target, free_bytes(target.parent)) from e
+        raise
     return target
 
 
 def write_text(target: str | os.PathLike, text: str) -> Path:
     """`atomic_write` of a text file."""
     return atomic_write(target, lambda tmp: Path(tmp).write_text(text))
+
+
+def write_or_report(target: str | os.PathLike, text: str, stream: Any = None) -> bool:
+    """`write_text`, or, when even that fails (a full disk), `text` printed to `stream` (stderr)
+    with a line saying why; True when the file was written."""
+    import sys
+
+    try:
+        write_text(target, text)
+        return True
+    except OSError as e:
+        try:
+            print(f"could not write {target} ({e}); its text follows:\n{text}", file=stream or sys.stderr)
+        except OSError:  # stderr itself on the full disk
+            pass
+        return False
 
 
 class InvalidFile(ValueError):
@@ -79,4 +149,5 @@ def torch_load(path: str | os.PathLike, what: str = "checkpoint", **kwargs: Any)
         raise InvalidFile(path, what, describe_load_error(e)) from None
 
 
-__all__ = ["InvalidFile", "atomic_write", "default_mode", "describe_load_error", "torch_load", "write_text"]
+__all__ = ["DiskFull", "InvalidFile", "atomic_write", "default_mode", "describe_load_error", "free_bytes", "is_disk_full",
+           "torch_load", "write_or_report", "write_text"]

@@ -311,10 +311,23 @@ def load_model(name_or_path: str | os.PathLike, **overrides: Any) -> GPT:
     sd = from_hf_state_dict(read_weights(weights), {name: cls.stored_as_weight for name, (cls, _) in layers.items()})
     config = config_from_hf(cfg_dict, **overrides) if cfg_dict else config_from_state_dict(sd, **overrides)
     model = GPT(config)
+    if not cfg_dict:
+        _check_dense_weights(model, sd, weights)
     for name, (cls, spec) in layers.items():
         install(model, name, cls(**spec))
     load_state_dict_checked(model, sd)
     return model
+
+
+def _check_dense_weights(model: GPT, sd: dict[str, torch.Tensor], weights: Path) -> None:
+    """Without config.json only a dense GPT-2 can be read: a compressed model's weights (factors,
+    scalars, another shape at c_fc.weight) need the layers config.json records."""
+    expected = model.state_dict()
+    foreign = [k for k, v in sd.items() if k not in expected or tuple(v.shape) != tuple(expected[k].shape)]
+    if foreign:
+        raise ValueError(f"config.json is missing beside {weights}: its weights are not a dense GPT-2 ({_short_list(foreign, 3)} "
+                         f"do not fit one), so they are a compressed model whose factored layers only config.json "
+                         f"records; copy config.json from the folder the model was saved in (save_pretrained writes both)")
 
 
 def resolve_model(name_or_path: str) -> tuple[GPT, Path | None]:

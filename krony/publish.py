@@ -5,6 +5,11 @@ remote-code files, GPT-2's tokenizer files) plus a model card (README.md: YAML m
 `model-index` from the run's results, the scheme, the parameter counts in every convention,
 the tokens seen, the command and resolved config, how to load it), then uploads it with
 `huggingface_hub`. `--dry-run` only writes the folder.
+
+The card claims only what the run's records show (`job.json`): the teacher as `base_model` when
+it came from the hub, the training data as `datasets` when it was a hub dataset, and in
+`model-index` only evaluations of whole test sets. A run distilled from a random teacher (a smoke
+test) is refused unless `--allow-random-teacher` is given, and its card then says so.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from krony.compression import CONVENTIONS, count_params, factored_layers
+from krony.data.sources import LOCAL_BUILDERS
 from krony.fileio import write_text
 from krony.hf import load_model
 from krony.hub import MODEL_REPOS
@@ -40,6 +46,55 @@ class Source:
     summary: dict[str, Any] = field(default_factory=dict)
     overrides: list[str] = field(default_factory=list)
     config_yaml: str = ""
+    identity: dict[str, Any] = field(default_factory=dict)
+    """The run's resolved config (job.json), flattened: where the teacher and the data came from."""
+
+
+@dataclass
+class Provenance:
+    """What a card may claim about a model's teacher and training data."""
+
+    base_model: str | None
+    """The hub repository of the teacher, or None (a local, random or unknown teacher)."""
+    teacher: str
+    """The teacher in words, for the card's body."""
+    random_teacher: bool
+    datasets: list[str]
+    """Hub datasets the model was trained on (none for local files or an unknown source)."""
+    data: str
+    """The training data in words."""
+
+
+def provenance(source: Source) -> Provenance:
+    """The teacher and the data of a run directory from its records; for a bare model folder, nothing."""
+    ident = source.identity
+    if not ident:
+        return Provenance(None, "unknown (published from a model folder, not a run directory)", False, [],
+                          "unknown (published from a model folder, not a run directory)")
+    teacher = ident.get("model.teacher")
+    random_teacher = teacher in (None, "None")
+    if random_teacher:
+        preset = ident.get("model.teacher_config.preset", "gpt2")
+        base, words = None, f"random weights ({preset} widths, {ident.get('model.teacher_config.n_layer', '?')} blocks): a smoke test, not a language model"
+    elif Path(str(teacher)).expanduser().exists() or str(teacher).startswith(("/", ".", "~")):
+        base, words = None, f"a local checkpoint ({Path(str(teacher)).name})"
+    else:
+        base = MODEL_REPOS.get(str(teacher), str(teacher))
+        words = f"[{base}](https://huggingface.co/{base})"
+    mode, path = ident.get("data.mode", "stream"), str(ident.get("data.source.path", ""))
+    if mode == "memmap":
+        datasets, data = [], f"pre-tokenised memmaps in {Path(str(ident.get('data.memmap_dir'))).name}"
+    elif path in LOCAL_BUILDERS:
+        files = ident.get("data.source.data_files") or []
+        files = [files] if isinstance(files, str) else list(files)
+        datasets, data = [], "local files: " + ", ".join(Path(str(f)).name for f in files[:5]) + (
+            f" and {len(files) - 5} more" if len(files) > 5 else "")
+    elif path and not Path(path).expanduser().exists():
+        revision = ident.get("data.source.revision")
+        datasets, data = [path], f"the hub dataset {path}" + (f" (revision {revision})" if revision else "")
+    else:
+        datasets, data = [], f"a local copy of a dataset ({Path(path).name})"
+    return Provenance(base, words, random_teacher, datasets, data)
 
 
 def _json(path: Path) -> dict[str, Any]:
@@ -52,9 +107,10 @@ def find_source(path: str | os.PathLike) -> Source:
     p = Path(path).expanduser()
     if (p / "export" / "config.json").is_file():
         config_yaml = p / ".hydra" / "config.yaml"
+        job = _json(p / "job.json")
         return Source(p / "export", p, _json(p / "results.json") or _json(p / "eval-paper.json"),
-                      _json(p / "summary.json"), list(_json(p / "job.json").get("overrides", [])),
-                      config_yaml.read_text() if config_yaml.is_file() else "")
+                      _json(p / "summary.json"), list(job.get("overrides", [])),
+                      config_yaml.read_text() if config_yaml.is_file() else "", dict(job.get("identity") or {}))
     if (p / "config.json").is_file():
         return Source(p)
     if (p / "checkpoints").is_dir():
@@ -63,11 +119,19 @@ def find_source(path: str | os.PathLike) -> Source:
     raise PublishError(f"{p} is neither a run directory (with export/) nor a model directory (with config.json)")
 
 
+def complete(results: dict[str, Any]) -> bool:
+    """Whether a results file scored whole test sets (no `max_tokens` / `max_examples` cut)."""
+    return not results.get("max_tokens") and not results.get("max_examples")
+
+
 def model_index(results: dict[str, Any]) -> list[Any]:
-    """`model-index` entries (huggingface_hub's `EvalResult`) for the paper-protocol perplexities."""
+    """`model-index` entries (huggingface_hub's `EvalResult`) for the perplexities of whole test
+    sets; an evaluation cut short (`max_tokens`) is no result to list there."""
     from huggingface_hub import EvalResult
 
     out = []
+    if not complete(results):
+        return out
     for key, r in (results.get("results") or {}).items():
         if key not in DATASET_NAMES or "ppl" not in r:
             continue
@@ -80,27 +144,28 @@ def model_index(results: dict[str, Any]) -> list[Any]:
 
 
 def card_text(source: Source, model, repo: str) -> str:
-    """README.md of the published folder: YAML metadata and the card's body."""
+    """README.md of the published folder: YAML metadata and the card's body, claiming only what
+    `provenance` finds in the run's records."""
     from huggingface_hub import ModelCard, ModelCardData
 
     layers = factored_layers(model)
     first = next(iter(layers.values()), None)
-    teacher = str(source.summary.get("hparams", {}).get("teacher") or "gpt2")
-    base = MODEL_REPOS.get(teacher, teacher)
-    if base.count("/") != 1 or base.startswith((".", "/", "~")) or Path(teacher).exists():
-        # a local or random teacher: name GPT-2, what krony compresses
-        base = "openai-community/gpt2"
+    origin = provenance(source)
     counts = {c: count_params(model, c) for c in CONVENTIONS}
+    tags = ["krony", "kronecker", "gpt2", "compression", "custom_code"] + (["random-weights"] if origin.random_teacher else [])
     data = ModelCardData(
         license="mit", library_name="transformers", pipeline_tag="text-generation",
-        base_model=base,
-        datasets=["Skylion007/openwebtext"], tags=["krony", "kronecker", "gpt2", "compression", "custom_code"],
+        base_model=origin.base_model, datasets=origin.datasets or None, tags=tags,
         model_name=repo.split("/")[-1], eval_results=model_index(source.results) or None,
     )
-    lines = [f"# {repo.split('/')[-1]}", "",
-             "GPT-2 with its FFN matrices compressed to sums of Kronecker products (Krony-PT), trained with "
-             "krony. The factors stay factored: the folder runs them in transformers through its remote code, "
-             "never rebuilding the dense matrices.", ""]
+    lines = [f"# {repo.split('/')[-1]}", ""]
+    if origin.random_teacher:
+        lines += ["**A test artefact, not a language model**: this model was compressed from a GPT-2 with random "
+                  "weights (a smoke run). It generates noise.", ""]
+    lines += ["GPT-2 with its FFN matrices compressed to sums of Kronecker products (Krony-PT), trained with "
+              "krony. The factors stay factored: the folder runs them in transformers through its remote code, "
+              "never rebuilding the dense matrices.", "",
+              "## Provenance", "", f"- teacher: {origin.teacher}", f"- training data: {origin.data}", ""]
     if first is not None:
         hp = source.summary.get("hparams", {})
         scheme = hp.get("scheme", "-")
@@ -125,10 +190,14 @@ def card_text(source: Source, model, repo: str) -> str:
             lines += [f"- command: `python -m krony.run {' '.join(source.overrides)}`"]
         lines += [""]
     if source.results.get("results"):
+        cut = "" if complete(source.results) else (
+            f" **on the first {source.results.get('max_tokens') or source.results.get('max_examples'):,} "
+            f"{'tokens' if source.results.get('max_tokens') else 'examples'} of each set only**: not comparable "
+            "with published figures, and not listed in the metadata")
         lines += ["## Evaluation", "", f"Protocol `{source.results.get('protocol', 'paper')}` "
-                  f"(context {source.results.get('context', '-')}):", "", "| dataset | perplexity | tokens |",
-                  "| --- | ---: | ---: |"]
-        lines += [f"| {k} | {r['ppl']:.2f} | {r.get('tokens', 0):,} |"
+                  f"(context {source.results.get('context', '-')}){cut}:", "", "| dataset | perplexity | tokens | data |",
+                  "| --- | ---: | ---: | --- |"]
+        lines += [f"| {k} | {r['ppl']:.2f} | {r.get('tokens', 0):,} | {_data_source(r.get('source'))} |"
                   for k, r in source.results["results"].items() if "ppl" in r]
         lines += [""]
     lines += ["## Use it", "", "```python",
@@ -144,11 +213,27 @@ def card_text(source: Source, model, repo: str) -> str:
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines)).content
 
 
-def prepare(path: str | os.PathLike, repo: str, out: str | os.PathLike | None = None) -> Path:
-    """Write the folder to publish (model files + README.md) and return it."""
+def _data_source(source: Any) -> str:
+    """Where an evaluation's text came from, in a few words."""
+    if not isinstance(source, dict):
+        return "-"
+    if "hub" in source:
+        return f"{source['hub']} ({source.get('config', '-')})"
+    if "path" in source:
+        return f"local {Path(str(source['path'])).name} (sha256 {str(source.get('sha256', ''))[:12]})"
+    return "-"
+
+
+def prepare(path: str | os.PathLike, repo: str, out: str | os.PathLike | None = None,
+            allow_random_teacher: bool = False) -> Path:
+    """Write the folder to publish (model files + README.md) and return it. A run distilled from
+    a random teacher is refused unless `allow_random_teacher`."""
     if repo.count("/") != 1 or not all(repo.split("/")):
         raise PublishError(f"--repo {repo!r}: give the hub repository as org/name")
     source = find_source(path)
+    if provenance(source).random_teacher and not allow_random_teacher:
+        raise PublishError(f"{path} was trained from a random teacher (a smoke run): it is no language model; "
+                           "publish it anyway with --allow-random-teacher (its card says so)")
     model = load_model(source.model_dir)
     folder = Path(out) if out else (source.run_dir or source.model_dir.parent) / f"publish-{repo.split('/')[-1]}"
     model.save_pretrained(folder)
@@ -182,4 +267,5 @@ def upload(folder: Path, repo: str, private: bool = False, token: str | None = N
     return f"https://huggingface.co/{repo}"
 
 
-__all__ = ["PublishError", "card_text", "find_source", "model_index", "prepare", "upload"]
+__all__ = ["Provenance", "PublishError", "card_text", "complete", "find_source", "model_index", "prepare", "provenance",
+           "upload"]

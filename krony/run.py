@@ -30,24 +30,23 @@ import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from krony.data.sources import sample_path
-from krony.train.resume import job_identity, job_key, plan_job, write_pointer, write_status
+from krony.fileio import DiskFull, write_or_report
+from krony.run_check import PREFLIGHTED, check_command
+from krony.train.lock import LOCK_FILE, JobLock, JobRunning, holder_of, identity_lock_path, is_rank_zero
+from krony.train.resume import canonical_scheme, job_identity, job_key, plan_job, write_pointer, write_status
 from krony.validate import validate
 
 log = logging.getLogger("krony.run")
 
 CONF_DIR = Path(os.environ.get("KRONY_CONF", Path(__file__).resolve().parents[1] / "conf"))
 FAILED: list[tuple[str, str, str]] = []  # (run name, output dir, error) of this process's failed jobs
+RUNNING: list[str] = []  # the line of a single run that another process is running
 
 
 def scheme_key(value: Any) -> str:
     """The canonical name of a scheme for run names (`81M` and `768x768` -> `81m`); a value that is
     no scheme passes through as typed (validation then reports it against `decomp`)."""
-    from krony.schemes import get_scheme
-
-    try:
-        return get_scheme(str(value)).key
-    except ValueError:
-        return str(value)
+    return str(canonical_scheme(value))
 
 
 def _register_resolvers() -> None:
@@ -82,13 +81,18 @@ def train(cfg: DictConfig, ckpt_path: str | Path | None = None) -> dict[str, flo
     from krony.preflight import check_checkpoint, preflight
 
     validate(cfg)  # one-line errors for bad values before anything heavy is imported or built
-    preflight(cfg)  # the GPU, the hub, the dataset, the checkpoint: one line each, before any heavy work
+    key = job_key(job_identity(OmegaConf.to_container(cfg, resolve=True)))
+    if key not in PREFLIGHTED:  # the command's own check (krony.run_check) ran it already for a single run
+        preflight(cfg)  # the GPU, the hub, the dataset, the checkpoint: one line each, before any heavy work
     try:
         check_checkpoint(ckpt_path)
     except InvalidFile as e:  # the checkpoint resume found
         raise InvalidFile(e.path, e.what, f"{e.reason}; continue from another one with ckpt_path=..., or train "
                           f"afresh with resume=false") from None
 
+    from krony.train.logs import quiet_lightning
+
+    quiet_lightning()
     import lightning as L
     import torch
     from hydra.utils import instantiate
@@ -103,8 +107,8 @@ def train(cfg: DictConfig, ckpt_path: str | Path | None = None) -> dict[str, flo
     module = build_module(cfg)
     if cfg.context > module.student.config.block_size:  # teachers validate() could not size offline
         raise ValueError(f"context={cfg.context} exceeds the model's block size {module.student.config.block_size}")
-    log_disk_estimate(module.student, cfg)
-    callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values() if c is not None]
+    callbacks = [c for c in (instantiate(c) for c in (cfg.callbacks or {}).values() if c is not None) if c is not None]
+    check_disk(module.student, callbacks, cfg.paths.output_dir, refuse=cfg.get("check_disk", True))
     loggers = [instantiate(c) for c in (cfg.logger or {}).values() if c is not None]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
     try:
@@ -119,23 +123,33 @@ def train(cfg: DictConfig, ckpt_path: str | Path | None = None) -> dict[str, flo
     return {k: float(v) for k, v in trainer.callback_metrics.items()}
 
 
-def log_disk_estimate(model, cfg: DictConfig) -> None:
-    """Log the disk the run's checkpoints will take at most, and warn when the disk is short."""
+def check_disk(model, callbacks: list, output_dir: str | Path, refuse: bool = True) -> None:
+    """Log the disk the run's checkpoints will take at most (each checkpoint callback keeps its
+    `save_top_k` files and writes the next before the oldest goes); when it exceeds the free space,
+    raise `DiskFull` (or, with `refuse=False`, the `check_disk=false` setting, only warn)."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
     from krony.train.lightning_io import checkpoint_bytes
 
-    need = 0
-    for c in (cfg.callbacks or {}).values():
-        if c is None or not str(c.get("_target_", "")).endswith("ModelCheckpoint"):
-            continue
-        one = checkpoint_bytes(model, optimizer_state=not c.get("save_weights_only", False))
-        need += one * (int(c.get("save_top_k", 1)) + 1)  # + 1: the next one is written before the oldest goes
-    out = Path(cfg.paths.output_dir)
+    need, held = 0, 0
+    for c in callbacks:
+        if isinstance(c, ModelCheckpoint) and c.save_top_k != 0:
+            one = checkpoint_bytes(model, optimizer_state=not c.save_weights_only)
+            need += one * (max(c.save_top_k, 1) + 1)  # + 1: the next one is written before the oldest goes
+            if c.dirpath and Path(c.dirpath).is_dir():  # a resumed run's checkpoints: already on the disk
+                held += sum(f.stat().st_size for f in Path(c.dirpath).glob("*.ckpt") if not f.is_symlink())
+    out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(out).free
     log.info("checkpoints take about %.2f GB at most; %.1f GB free at %s", need / 1e9, free / 1e9, out)
-    if need > free:
-        log.warning("not enough disk for the checkpoints: %.2f GB needed, %.2f GB free at %s; lower "
-                    "callbacks.checkpoint_last.save_top_k or free space", need / 1e9, free / 1e9, out)
+    if need - held <= free:
+        return
+    message = (f"not enough disk: the checkpoints need {(need - held) / 1e9:.2f} GB more, {free / 1e9:.2f} GB free "
+               f"in {out}; free space, lower callbacks.checkpoint_last.save_top_k, or start anyway with "
+               f"check_disk=false")
+    if refuse:
+        raise DiskFull(message, out, free)
+    log.warning("%s", message)
 
 
 def _task_overrides() -> list[str]:
@@ -157,16 +171,22 @@ def _set_aside(directory: Path) -> None:
 @hydra.main(config_path=str(CONF_DIR), config_name="run", version_base="1.3")
 def hydra_main(cfg: DictConfig) -> float | None:
     """One job. Errors are caught and recorded so the other jobs of a sweep go on; with
-    `resume` a job already finished is skipped and an interrupted one continues."""
-    from krony.train.preempt import Preempted
+    `resume` a job already finished is skipped and an interrupted one continues; a job another
+    process is running is refused (a single run) or skipped (a sweep)."""
+    from krony.train.preempt import Aborted, Preempted
 
     out = Path(cfg.paths.output_dir)
     name = cfg.get("run_name", "?")
     key = None  # known once the config is valid; job.json is written only from then on
+    lock: JobLock | None = None
     try:
         validate(cfg)
         identity = job_identity(OmegaConf.to_container(cfg, resolve=True))
         key = job_key(identity)
+        if is_rank_zero():  # the other ranks of a multi-process job are this job
+            lock = JobLock(name, key)
+            lock.acquire(identity_lock_path(cfg.paths.log_dir, key), out)  # this job in any directory
+            lock.acquire(out / LOCK_FILE, out)  # any job in this (fixed) directory
         ckpt = None
         if cfg.get("resume", True):
             plan = plan_job(out, cfg.paths.log_dir, identity, name)
@@ -184,27 +204,91 @@ def hydra_main(cfg: DictConfig) -> float | None:
                 out, ckpt = plan.directory, plan.checkpoint
                 with open_dict(cfg):
                     cfg.paths.output_dir = str(out)
-        else:
+        if lock is not None:
+            lock.acquire(out / LOCK_FILE, out)  # continuing in an earlier directory: lock that one too
+            lock.move_to(out)
+        if not cfg.get("resume", True):
             _set_aside(out)
         log.info("run %s in %s", name, out)
         if cfg.get("ckpt_path"):  # an explicit checkpoint wins (validate() checks it exists)
             ckpt = cfg.ckpt_path
         write_status(out, key, "running", run_name=name, identity=identity, overrides=_task_overrides())
         metrics = train(cfg, ckpt_path=ckpt)
-    except Preempted as stop:
-        write_status(out, key, "interrupted", signal=stop.signal_name, step=stop.step, checkpoint=stop.checkpoint)
-        log.warning("run %s %s: start the same command again to continue from there", name, stop)
-        raise SystemExit(stop.exit_code) from None
-    except Exception as e:  # noqa: BLE001 - a sweep must survive any one job
-        out.mkdir(parents=True, exist_ok=True)
-        Path(out, "error.txt").write_text(traceback.format_exc())
-        if key is not None:
-            write_status(out, key, "failed", error=f"{type(e).__name__}: {e}")
-        log.error("run %s failed: %s: %s (traceback in %s)", name, type(e).__name__, e, Path(out, "error.txt"))
-        FAILED.append((name, str(out), f"{type(e).__name__}: {e}"))
+    except JobRunning as e:
+        _running_elsewhere(out, name, e)
         return None
-    write_status(out, key, "finished")
+    except (Preempted, Aborted) as stop:
+        _record(out, key, "interrupted", signal=stop.signal_name, step=stop.step, checkpoint=stop.checkpoint)
+        log.warning("run %s %s: start the same command again to continue%s", name, stop,
+                    " from there" if stop.checkpoint else " from its last checkpoint")
+        raise SystemExit(stop.exit_code) from None
+    except KeyboardInterrupt:  # Ctrl-C before training started (or after it ended)
+        _record(out, key, "interrupted", signal="SIGINT")
+        log.warning("run %s interrupted by Ctrl-C before a step was saved: start the same command again to "
+                    "continue from its last checkpoint", name)
+        raise SystemExit(130) from None
+    except Exception as e:  # noqa: BLE001 - a sweep must survive any one job
+        _fail(out, key, name, e)
+        return None
+    finally:
+        if lock is not None:
+            lock.release()
+    _record(out, key, "finished")
     return metrics.get("val/loss")
+
+
+def _held_by_another(out: Path) -> bool:
+    """Whether another live process holds directory `out` (its files are not this job's to write)."""
+    holder = holder_of(out / LOCK_FILE)
+    return holder is not None and holder.pid != os.getpid()
+
+
+def _record(out: Path, key: str | None, status: str, **extra: Any) -> None:
+    """`write_status`, or a line on stderr when even that cannot be written (a full disk)."""
+    if key is None or _held_by_another(out):
+        return
+    try:
+        write_status(out, key, status, **extra)
+    except OSError as e:
+        _say(f"could not mark {out / 'job.json'} {status}: {e}")
+
+
+def _say(line: str) -> None:
+    """A line on stderr, if even that can be written (stderr redirected to the full disk)."""
+    try:
+        print(line, file=sys.stderr)
+    except OSError:
+        pass
+
+
+def _fail(out: Path, key: str | None, name: str, e: Exception) -> None:
+    """Record a failed job: error.txt with the traceback (else stderr), job.json `failed`, one line."""
+    message = f"{type(e).__name__}: {e}"
+    if isinstance(e, DiskFull) and e.failed_write:
+        message = f"{e}; the files written before it are kept: free space, then start the same command again to continue"
+    if not _held_by_another(out):
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            pass
+        write_or_report(out / "error.txt", traceback.format_exc())
+    _record(out, key, "failed", error=message)
+    log.error("run %s failed: %s (traceback in %s)", name, message, out / "error.txt")
+    FAILED.append((name, str(out), message))
+
+
+def _running_elsewhere(out: Path, name: str, e: JobRunning) -> None:
+    """A job another live process holds: a pointer to where it runs (like a finished job's
+    skipped.txt); a sweep skips it, a single run ends with the line (`main`)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if Path(e.holder.directory).resolve() != out.resolve():
+        write_pointer(out, "running.txt", Path(e.holder.directory))
+    if HydraConfig.get().mode == RunMode.MULTIRUN:
+        log.warning("%s: skipped", e)
+    else:
+        RUNNING.append(str(e))
 
 
 def main() -> None:
@@ -217,11 +301,23 @@ def main() -> None:
             signal.signal(signal.SIGPIPE, signal.SIG_DFL)
         print_help(CONF_DIR, [a for a in sys.argv[1:] if a not in ("--help", "-h")])
         return
+    if is_rank_zero():  # the other ranks of a multi-process job run the command rank 0 checked
+        try:
+            check_command(CONF_DIR, sys.argv[1:])
+        except (ValueError, DiskFull) as e:  # CommandError, ConfigError, InvalidFile: one line each
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+        except JobRunning as e:
+            print(str(e), file=sys.stderr)
+            sys.exit(1)
     hydra_main()
     if FAILED:
         print(f"\n{len(FAILED)} job(s) failed:", file=sys.stderr)
         for name, out, err in FAILED:
             print(f"  {name} ({out}): {err}", file=sys.stderr)
+        sys.exit(1)
+    if RUNNING:  # a single run another process holds; a sweep skips such jobs as it skips finished ones
+        print(RUNNING[0], file=sys.stderr)
         sys.exit(1)
 
 

@@ -141,8 +141,8 @@ def _check_data(data: dict[str, Any]) -> None:
     """The data module's arguments (`check_data`), and the files a local source or memmap needs."""
     from krony.data.sources import LOCAL_BUILDERS, TextSource, check_data
 
-    check_data(**{k: data.get(k) for k in ("mode", "memmap_dir", "source", "block_size", "batch_size", "num_workers")
-                  if k in data})
+    check_data(**{k: data.get(k) for k in ("mode", "memmap_dir", "source", "block_size", "batch_size", "num_workers",
+                                           "val_fraction") if k in data})
     if data.get("mode", "stream") == "memmap":
         directory = Path(str(data.get("memmap_dir"))).expanduser()
         if not (directory / "train.bin").exists():
@@ -151,10 +151,17 @@ def _check_data(data: dict[str, Any]) -> None:
         return
     source = data.get("source") or {}
     if source.get("path") in LOCAL_BUILDERS:
+        local = TextSource(**{k: v for k, v in source.items() if k != "_target_"})
         try:
-            TextSource(**{k: v for k, v in source.items() if k != "_target_"}).check_files()
+            local.check_files()
         except ValueError as e:
             raise ConfigError("data.source.data_files", source.get("data_files"), str(e).split(": ", 1)[-1]) from None
+        try:
+            local.check_split(int(data.get("val_documents") or 0), data.get("val_fraction"))
+        except ValueError as e:
+            key, _, hint = str(e).partition(": ")
+            raise ConfigError(key.split("=")[0], data.get("val_documents") if "val_documents" in key
+                              else source.get("data_files"), hint) from None
 
 
 def _check_eval(callbacks: dict[str, Any]) -> None:

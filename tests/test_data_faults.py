@@ -9,7 +9,7 @@ import torch
 from krony.data import PackedBlocks, TextSource
 from krony.data.datamodule import RankSlice
 from krony.data.memmap import EndlessShuffle
-from krony.data.stream import resume_position
+from krony.data.stream import resume_position, split_text
 
 GOOD = "The quick brown fox jumps over the lazy dog. " * 20
 
@@ -36,12 +36,32 @@ def test_invalid_utf8_is_replaced_and_counted(tmp_path):
     assert blocks and ds.stats.counts["invalid_utf8"] == 1 and ds.stats.documents == 3
 
 
-def test_documents_far_longer_than_the_context_are_split_and_huge_ones_cut(tmp_path):
+def test_documents_far_longer_than_the_context_are_split_and_huge_ones_read_in_pieces(tmp_path):
     src = jsonl(tmp_path, [{"text": GOOD * 50}, {"text": GOOD}])
     ds = PackedBlocks(src, 16, val_documents=0, shuffle_buffer=0, epochs=1)
-    assert len(list(ds.blocks(0, 1))) > 500 and ds.stats.counts["long"] == 2
-    cut = PackedBlocks(src, 16, val_documents=0, shuffle_buffer=0, epochs=1, max_document_chars=1000)
-    assert len(list(cut.blocks(0, 1))) < 100 and cut.stats.counts["truncated"] == 1
+    whole = list(ds.blocks(0, 1))
+    assert len(whole) > 500 and ds.stats.counts["long"] == 2
+    # a document over max_document_chars is tokenised in pieces (at whitespace): none of its text is lost
+    pieces = PackedBlocks(src, 16, val_documents=0, shuffle_buffer=0, epochs=1, max_document_chars=1000)
+    split = list(pieces.blocks(0, 1))
+    assert pieces.stats.counts["split"] == 1 and abs(len(split) - len(whole)) <= 3  # an EOT between pieces
+    parts = list(split_text(GOOD * 50, 1000))
+    assert "".join(parts) == GOOD * 50 and all(len(part) <= 1000 for part in parts)
+    assert all(part.startswith(" ") for part in parts[1:])  # each cut falls on a space: no word in two
+
+
+def test_a_share_of_every_document_of_the_first_file_can_be_the_validation_split(tmp_path):
+    text = " ".join(f"word{i}" for i in range(5000))
+    path = tmp_path / "one.txt"
+    path.write_text(text + "\n")  # one document
+    src = TextSource(path="text", name=None, revision=None, data_files=[str(path)], expected_files=None)
+    kw = dict(val_documents=100, shuffle_buffer=0, epochs=1, val_fraction=0.1)
+    val = PackedBlocks(src, 16, split="val", **kw)
+    train = PackedBlocks(src, 16, split="train", **kw)
+    held, rest = list(val.documents(0, 1)), list(train.documents(0, 1))
+    assert held[0] + rest[0] == text + "\n" and 0.09 < len(held[0]) / len(text) < 0.11  # disjoint, nothing lost
+    assert held[0].endswith("word" + held[0].rsplit("word", 1)[1]) and rest[0].startswith(" ")  # cut between words
+    assert list(val.blocks(0, 1)) and list(train.blocks(0, 1))
 
 
 def flaky(monkeypatch, src: TextSource, fail_after: int, times: int):

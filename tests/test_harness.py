@@ -121,6 +121,26 @@ def test_lm_evals_own_command_line_runs_the_krony_model(tmp_path):
     assert_same(ours(str(tmp_path / "kron"), tmp_path)["results"], want, rel=1e-9)
 
 
+@needs_data
+@pytest.mark.slow
+def test_the_offline_form_of_lm_evals_hf_model_in_the_readme_runs_the_compressed_export(tmp_path):
+    """README: `python -m krony.eval.harness run --model hf ... --data_dir ...`, the offline form of
+    `lm_eval --model hf` (whose tasks need the hub), on the factored folder."""
+    model = compress(tiny(2), "32x16", init="random", factors=2, scalars=True)
+    model.save_pretrained(tmp_path / "kron")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "krony.eval.harness", "run", "--model", "hf", "--model_args",
+           f"pretrained={tmp_path / 'kron'},trust_remote_code=True,dtype=float32", "--batch_size", "4", "--tasks",
+           "lambada_openai", "--data_dir", str(DATA), "--limit", str(LIMIT), "--device", "cpu",
+           "--output_path", str(tmp_path / "cli")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (result_file,) = (tmp_path / "cli").rglob("results_*.json")
+    cli = json.loads(result_file.read_text())["results"]
+    want = {"lambada_openai": {m: cli["lambada_openai"][f"{m},none"] for m in METRICS["lambada_openai"]}}
+    assert_same(ours(str(tmp_path / "kron"), tmp_path, ["lambada_openai"])["results"], want, rel=1e-5)
+
+
 def test_lm_evals_default_device_falls_back_to_the_cpu_without_cuda():
     if torch.cuda.is_available():
         pytest.skip("CUDA is available here")

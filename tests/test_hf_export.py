@@ -148,7 +148,10 @@ def fake_run(tmp_path: Path, model: GPT) -> Path:
         "wikitext103": {"ppl": 41.98, "tokens": 1000}, "lambada": {"ppl": 64.92, "tokens": 900}}}))
     (run / "summary.json").write_text(json.dumps({"hparams": {"teacher": "gpt2", "scheme": "32x16", "init": "vanloan"},
                                                  "steps": 12, "tokens": 24576}))
-    (run / "job.json").write_text(json.dumps({"status": "finished", "overrides": ["decomp=32x16", "model.factors=2"]}))
+    identity = {"model.teacher": "openai-community/gpt2", "data.mode": "stream", "data.source.path": "Skylion007/openwebtext",
+                "data.source.revision": "79d93d786212f7344586290adb811d4ae6a1762c"}
+    (run / "job.json").write_text(json.dumps({"status": "finished", "overrides": ["decomp=32x16", "model.factors=2"],
+                                              "identity": identity}))
     (run / ".hydra").mkdir()
     (run / ".hydra" / "config.yaml").write_text("decomp: 32x16\nseed: 1337\n")
     return run

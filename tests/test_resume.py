@@ -131,6 +131,7 @@ def test_kill_after_a_checkpoint_resumes_exactly(tmp_path, reference):
     run_and_kill(tmp_path, first_ckpt_written(tmp_path))
     run(tmp_path)
     d = assert_same_as_reference(tmp_path, reference)
+    assert_newest_two_kept(d)  # the checkpoint the resume started from went too
     assert len(run_dirs(tmp_path)) == 2  # the second start only points at the first directory
     assert "continued in" in next(p for p in run_dirs(tmp_path) if p != d).joinpath("resumed.txt").read_text()
     assert len(list(d.glob("events.out.tfevents.*"))) == 2
@@ -215,6 +216,12 @@ def assert_interrupted(directory: Path, signal_name: str) -> int:
     return step
 
 
+def assert_newest_two_kept(directory: Path) -> None:
+    """Retention: `save_top_k=2` periodic checkpoints and last.ckpt, after any number of resumes."""
+    names = sorted(p.name for p in (directory / "checkpoints").iterdir())
+    assert names == ["last.ckpt", "step00000008.ckpt", "step00000010.ckpt"], names
+
+
 def assert_each_step_logged_once(directory: Path) -> None:
     steps = []
     for events in sorted(directory.glob("events.out.tfevents.*")):
@@ -235,6 +242,44 @@ def test_sigterm_to_the_whole_job_saves_the_step_in_progress_and_continues_exact
     run(tmp_path)
     assert_same_as_reference(tmp_path, reference)
     assert_each_step_logged_once(d)
+
+
+@pytest.mark.slow
+def test_ctrl_c_to_the_process_group_saves_the_step_and_continues_exactly(tmp_path, reference):
+    """Ctrl-C in a terminal: SIGINT to every process of the group. The step in progress is
+    saved, the job marked interrupted with the line saying how to continue, exit 130."""
+    proc = subprocess.Popen(command(ARGS), cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    when = saved(tmp_path)
+    while not when():
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.002)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in out + err, err[-3000:]
+    assert "interrupted by SIGINT at step" in out + err and "start the same command again to continue from there" in out + err
+    (d,) = run_dirs(tmp_path)
+    assert assert_interrupted(d, "SIGINT") >= 5
+    run(tmp_path)
+    assert_same_as_reference(tmp_path, reference)
+    assert_newest_two_kept(d)
+    assert_each_step_logged_once(d)
+
+
+@pytest.mark.slow
+def test_a_second_ctrl_c_aborts_at_once_and_the_run_continues_from_the_checkpoint_before(tmp_path, reference):
+    inject = ["+callbacks.signal._target_=signal_helpers.SendSignal", "+callbacks.signal.step=5",
+              "+callbacks.signal.name=SIGINT", "+callbacks.twice._target_=signal_helpers.SendSignal",
+              "+callbacks.twice.step=5", "+callbacks.twice.name=SIGINT"]
+    out = run(tmp_path, ARGS + inject, code=130)
+    assert "aborted by a second Ctrl-C at step 5, the step in progress not saved" in out.stdout + out.stderr
+    (d,) = run_dirs(tmp_path)
+    status = json.loads((d / "job.json").read_text())
+    assert status["status"] == "interrupted" and status["signal"] == "SIGINT"
+    assert latest_checkpoint(d).name == "step00000004.ckpt"  # the one saved before, not step 5
+    run(tmp_path)
+    assert_same_as_reference(tmp_path, reference)
+    assert_newest_two_kept(d)
 
 
 @pytest.mark.slow

@@ -1,8 +1,10 @@
-"""`python -m krony.data prepare ...` (tokenise into memmaps) and `python -m krony.data throughput ...`.
+"""`python -m krony.data prepare ...` (tokenise into memmaps), `python -m krony.data throughput ...`
+and `python -m krony.data fetch-eval ...` (the evaluation sets as local files).
 
     python -m krony.data prepare --out data/openwebtext                       # OpenWebText from the hub
     python -m krony.data prepare --out data/sample --files krony/data/samples/openwebtext_sample.txt
     python -m krony.data throughput --files krony/data/samples/openwebtext_sample.txt --workers 1 2
+    python -m krony.data fetch-eval --out data/eval                            # WikiText, LAMBADA: data_dir=data/eval
 """
 
 from __future__ import annotations
@@ -41,6 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--out", required=True, help="output directory")
     prep.add_argument("--val-documents", type=int, default=4000, help="documents at the start of file 0 held out")
     prep.add_argument("--workers", type=int, default=0, help="tokeniser processes (0: one per CPU)")
+    fetch = sub.add_parser("fetch-eval", help="write WikiText-103, WikiText-2 and LAMBADA as the local files of data_dir=")
+    fetch.add_argument("--out", required=True, help="output directory (then: python -m krony.eval ... data_dir=<out>)")
+    fetch.add_argument("--splits", nargs="+", default=["test"], choices=["test", "validation"],
+                       help="WikiText splits to write (LAMBADA has only test)")
     thr = sub.choices["throughput"]
     thr.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2], help="dataloader worker counts to try")
     thr.add_argument("--block-size", type=int, default=1024, help="tokens per block")
@@ -51,6 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "fetch-eval":
+            from krony.eval.data import fetch_eval
+
+            files = fetch_eval(args.out, args.splits)
+            print(f"wrote {len(files)} files; evaluate with data_dir={args.out}")
+            return 0
         source = source_from_args(args)
         if args.command == "prepare":
             from krony.data.memmap import prepare

@@ -40,7 +40,9 @@ class TextDataModule(L.LightningDataModule):
         val_documents: documents held out at the start of file 0 (stream mode).
         shuffle_buffer: blocks in the training shuffle buffer (stream mode).
         seed: seeds file order, shuffle buffer and memmap sampling.
-        max_document_chars: documents longer than this are cut (stream mode; 0: never).
+        max_document_chars: documents longer than this are split into pieces (stream mode; 0: never).
+        val_fraction: hold out this share of the text of every document of file 0 instead of
+            `val_documents` whole documents (stream mode; a corpus of one document); None: off.
     """
 
     def __init__(
@@ -55,15 +57,17 @@ class TextDataModule(L.LightningDataModule):
         shuffle_buffer: int = 1000,
         seed: int = 1337,
         max_document_chars: int = 1_000_000,
+        val_fraction: float | None = None,
     ) -> None:
         super().__init__()
-        check_data(mode, memmap_dir, source, block_size, batch_size, num_workers)
+        check_data(mode, memmap_dir, source, block_size, batch_size, num_workers, val_fraction)
         if isinstance(source, dict):
             source = TextSource(**source)
         self.source, self.mode, self.memmap_dir = source, mode, memmap_dir
         self.block_size, self.batch_size, self.num_workers = block_size, batch_size, num_workers
         self.val_documents, self.shuffle_buffer, self.seed = val_documents, shuffle_buffer, seed
         self.max_document_chars = max_document_chars
+        self.val_fraction = val_fraction
         self.batches_done = 0  # training batches of this rank already trained on (set when resuming)
 
     def _rank(self) -> tuple[int, int]:
@@ -83,7 +87,7 @@ class TextDataModule(L.LightningDataModule):
         return PackedBlocks(
             self.source, self.block_size, split=split, val_documents=self.val_documents,
             shuffle_buffer=self.shuffle_buffer, seed=self.seed, rank=rank, world_size=world, resume=resume,
-            max_document_chars=self.max_document_chars,
+            max_document_chars=self.max_document_chars, val_fraction=self.val_fraction,
         )
 
     def _loader(self, split: str) -> DataLoader:

@@ -21,6 +21,12 @@ MODES = ("stream", "memmap")
 """How `TextDataModule` feeds training: tokenise a `TextSource` on the fly, or read prepared memmaps."""
 SAMPLES_DIR = Path(__file__).parent / "samples"
 HEAD_BYTES = 1 << 16  # how much of a local file `file_problem` reads
+MAX_NON_TEXT = 0.10
+"""A file whose head has a larger share of control characters or undecodable bytes is not text."""
+MAX_INVALID_UTF8 = 0.001
+"""A UTF-8 file whose head has a larger share of invalid bytes is in another encoding (Latin-1, ...);
+below it, stray bytes are replaced and counted while streaming."""
+TEXT_CONTROLS = set("\t\n\r\f\v")
 
 
 def sample_path(name: str = "openwebtext_sample.txt") -> str:
@@ -31,13 +37,14 @@ def sample_path(name: str = "openwebtext_sample.txt") -> str:
     return str(path)
 
 
-def file_problem(path: str | Path, builder: str = "text", text_field: str = "text") -> str | None:
+def file_problem(path: str | Path, builder: str = "text", text_field: str = "text", encoding: str = "utf-8") -> str | None:
     """Why a local data file cannot be read as `builder` ("text", "json", "parquet"), or None.
 
-    Reads at most the first 64 KB (parquet: the footer): an empty file, binary content in a text
-    file (a NUL byte), a jsonl file whose first record is not a JSON object with `text_field`,
-    or a file that is not parquet or lacks the column. Anything subtler is counted and skipped
-    document by document while streaming."""
+    Reads at most the first 64 KB (parquet: the footer): an empty file, binary content (a NUL
+    byte, or over 10% control characters and undecodable bytes), text in another encoding than
+    `encoding` (over 0.1% invalid UTF-8: Latin-1, say), a jsonl file whose first record is not a
+    JSON object with `text_field`, or a file that is not parquet or lacks the column. Anything
+    subtler is counted and skipped document by document while streaming."""
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -60,7 +67,9 @@ def file_problem(path: str | Path, builder: str = "text", text_field: str = "tex
     nul = head.find(b"\0")
     if nul >= 0:
         return f"is not text: binary data (a NUL byte at offset {nul})"
-    text = head.decode("utf-8", errors="replace")
+    problem, text = _decode_problem(head, encoding, complete=len(head) == size)
+    if problem:
+        return problem
     if builder == "text":
         return None if text.strip() else "holds only whitespace"
     first = next((line for line in text.splitlines() if line.strip()), "")
@@ -78,6 +87,72 @@ def file_problem(path: str | Path, builder: str = "text", text_field: str = "tex
         return f"is not JSON lines with a {text_field!r} field: the first record is {type(record).__name__}" + (
             f" with keys {sorted(record)[:8]}" if isinstance(record, dict) else "")
     return None
+
+
+def _decode_problem(head: bytes, encoding: str, complete: bool) -> tuple[str | None, str]:
+    """(why the first bytes of a file are not text in `encoding`, or None; their text)."""
+    import codecs
+
+    try:
+        decoder = codecs.getincrementaldecoder(encoding)(errors="replace")
+    except LookupError:
+        return f"cannot be read: unknown encoding {encoding!r} (data.source.encoding)", ""
+    text = decoder.decode(head, final=complete)  # a character cut by the 64 KB limit is not an error
+    if not text:
+        return None, text
+    kb = len(head) // 1024 or 1
+    invalid = text.count("\ufffd")
+    if invalid and codecs.lookup(encoding).name == "utf-8" and invalid / len(text) > MAX_INVALID_UTF8:
+        if _control_share(head.decode("latin-1")) > MAX_NON_TEXT:
+            return f"is not text: its first {kb} KB are mostly not UTF-8 and full of control bytes (binary data?)", text
+        offset = _first_invalid_utf8(head)
+        return (f"is not UTF-8: {invalid} invalid byte(s) in its first {kb} KB, the first 0x{head[offset]:02x} at "
+                f"offset {offset} (Latin-1 or Windows-1252 text?); read it with data.source.encoding=latin-1 (or "
+                f"cp1252), or convert it: iconv -f latin1 -t utf-8"), text
+    share = _control_share(text) + invalid / len(text)
+    if share > MAX_NON_TEXT:
+        return (f"is not text: {share:.0%} of its first {kb} KB are control characters or bytes that are not "
+                f"{encoding} (binary data?)"), text
+    return None, text
+
+
+def _control_share(text: str) -> float:
+    """The share of control characters (C0 but whitespace, DEL, C1) in `text`."""
+    controls = sum(1 for c in text if (c < " " and c not in TEXT_CONTROLS) or "\x7f" <= c < "\xa0")
+    return controls / max(1, len(text))
+
+
+def _first_invalid_utf8(data: bytes) -> int:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return e.start
+    return 0
+
+
+def count_documents(path: str | Path, builder: str = "text", sample_by: str = "paragraph", encoding: str = "utf-8",
+                    limit: int | None = None) -> int:
+    """Documents in a local file as the stream reads them (non-blank ones), counting stops past
+    `limit`: text lines, paragraphs (blank-line separated) or the whole file; jsonl lines;
+    parquet rows (from the footer)."""
+    path = Path(path)
+    if builder == "parquet":
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(path).metadata.num_rows
+    if builder == "text" and sample_by == "document":
+        return 1
+    separator = "\n\n" if builder == "text" and sample_by == "paragraph" else "\n"
+    count, carry = 0, ""
+    with open(path, encoding=encoding, errors="replace", newline="") as f:
+        while limit is None or count <= limit:
+            chunk = f.read(1 << 20)
+            if not chunk:
+                break
+            parts = (carry + chunk.replace("\r\n", "\n")).split(separator)
+            carry = parts.pop()
+            count += sum(1 for part in parts if part.strip())
+    return count + (1 if carry.strip() and (limit is None or count <= limit) else 0)
 
 
 @dataclass
@@ -111,6 +186,8 @@ class TextSource:
     documents already read, before the run stops with an error."""
     retry_wait: float = 2.0
     """Seconds before the first retry; doubled after each failure."""
+    encoding: str = "utf-8"
+    """Local text and jsonl files: their encoding (latin-1, cp1252, ...)."""
 
     def __post_init__(self) -> None:
         self._ds = None
@@ -133,9 +210,27 @@ class TextSource:
     def check_files(self) -> None:
         """ValueError naming the first local file that is missing, empty or not of its format."""
         for f in self.local_files():
-            problem = file_problem(f, self.path, self.text_field)
+            problem = file_problem(f, self.path, self.text_field, self.encoding)
             if problem:
                 raise ValueError(f"data.source.data_files: {f} {problem}")
+
+    def check_split(self, val_documents: int, val_fraction: float | None = None) -> None:
+        """ValueError when holding out `val_documents` documents of the first local file leaves
+        nothing to train on (or nothing to validate on); counts documents as the stream reads them."""
+        if val_fraction:
+            return  # a share of every document of file 0: both splits get text
+        files = self.local_files()
+        counted = count_documents(files[0], self.path, self.sample_by, self.encoding, limit=val_documents)
+        how = {"text": f"sample_by={self.sample_by}: " + {"line": "one per line", "paragraph": "blank-line separated",
+                                                          "document": "the whole file"}.get(self.sample_by, ""),
+               "json": "one per line", "parquet": "one per row"}[self.path]
+        if counted <= val_documents and len(files) == 1:
+            raise ValueError(
+                f"data.val_documents={val_documents}: {files[0]} holds {counted} document(s) ({how}), all held out "
+                f"for validation, so nothing is left to train on; lower data.val_documents, or hold out a share "
+                f"of the text instead with data.val_fraction=0.01")
+        if counted == 0:
+            raise ValueError(f"data.source.data_files: {files[0]} holds no document ({how})")
 
     def location(self) -> tuple[str, str | None]:
         """(path, revision) for `load_dataset`: local builders and folders as they are, a hub
@@ -174,6 +269,8 @@ class TextSource:
             path, revision = self.location()
             if self.is_local:
                 kwargs["data_files"] = self.local_files()
+                if self.path in ("text", "json"):
+                    kwargs["encoding"] = self.encoding
                 if self.path == "text":
                     kwargs["sample_by"] = self.sample_by
                     kwargs.setdefault("encoding_errors", "replace")  # invalid UTF-8 becomes U+FFFD, counted downstream
@@ -239,11 +336,15 @@ class TextSource:
 
 
 def check_data(mode: str = "stream", memmap_dir: str | None = None, source: Any = None, block_size: int = 1024,
-               batch_size: int = 8, num_workers: int = 0) -> None:
+               batch_size: int = 8, num_workers: int = 0, val_fraction: float | None = None) -> None:
     """`ConfigError` (named "data.<key>") for arguments the data module cannot work with."""
     from krony.config import ConfigError, check_choice
 
     check_choice("data.mode", mode, MODES)
+    if val_fraction is not None and (isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float))
+                                     or not 0 < val_fraction <= 0.5):
+        raise ConfigError("data.val_fraction", val_fraction, "must be a share of the text in (0, 0.5], e.g. 0.01, "
+                          "or null to hold out data.val_documents whole documents")
     for key, value, low in (("block_size", block_size, 1), ("batch_size", batch_size, 1), ("num_workers", num_workers, 0)):
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
             raise ConfigError(f"data.{key}", value, f"must be an integer >= {low}")
@@ -253,4 +354,4 @@ def check_data(mode: str = "stream", memmap_dir: str | None = None, source: Any 
         raise ConfigError("data.source", None, "required for data.mode=stream (see conf/data/owt.yaml)")
 
 
-__all__ = ["LOCAL_BUILDERS", "MODES", "TextSource", "check_data", "file_problem", "sample_path"]
+__all__ = ["LOCAL_BUILDERS", "MODES", "TextSource", "check_data", "count_documents", "file_problem", "sample_path"]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import itertools
 import logging
 import random
+import re
 import time
 from dataclasses import dataclass
 from typing import Iterator
@@ -30,6 +31,7 @@ from krony.data.sources import TextSource
 from krony.tokenizer import encode_document
 
 log = logging.getLogger(__name__)
+_WHITESPACE = re.compile(r"\s")
 
 
 class DocumentStats:
@@ -39,7 +41,7 @@ class DocumentStats:
         "empty": "empty or blank documents skipped",
         "not_text": "non-text values skipped",
         "invalid_utf8": "documents with invalid UTF-8 (bytes replaced by U+FFFD)",
-        "truncated": "documents cut at max_document_chars",
+        "split": "documents over max_document_chars split into pieces",
         "long": "documents longer than one block (split over several)",
     }
 
@@ -47,16 +49,21 @@ class DocumentStats:
         self.counts = dict.fromkeys(self.KINDS, 0)
         self.documents = 0
 
+    ROUTINE = ("long",)
+    """Kinds that are normal in any corpus: counted, logged only at debug level."""
+
     def count(self, kind: str) -> None:
         self.counts[kind] += 1
         n = self.counts[kind]
         if n in (1, 10, 100) or n % 1000 == 0:
-            log.warning("data: %d %s (of %d documents so far)", n, self.KINDS[kind], self.documents)
+            level = logging.DEBUG if kind in self.ROUTINE else logging.WARNING
+            log.log(level, "data: %d %s (of %d documents so far)", n, self.KINDS[kind], self.documents)
 
 
 def clean_documents(docs: Iterator[object], stats: DocumentStats, max_chars: int) -> Iterator[str]:
-    """Documents fit to tokenise: skips empty and non-text values, cuts documents over
-    `max_chars` characters (bounding tokeniser memory), counts invalid UTF-8 repairs."""
+    """Documents fit to tokenise: skips empty and non-text values, splits documents over
+    `max_chars` characters into pieces of at most that many (at a whitespace where there is one;
+    bounding tokeniser memory, and a one-document corpus is read whole), counts invalid UTF-8 repairs."""
     for doc in docs:
         stats.documents += 1
         if not isinstance(doc, str):
@@ -68,9 +75,30 @@ def clean_documents(docs: Iterator[object], stats: DocumentStats, max_chars: int
         if "\ufffd" in doc:
             stats.count("invalid_utf8")
         if max_chars and len(doc) > max_chars:
-            stats.count("truncated")
-            doc = doc[:max_chars]
+            stats.count("split")
+            yield from split_text(doc, max_chars)
+            continue
         yield doc
+
+
+def split_text(text: str, max_chars: int) -> Iterator[str]:
+    """`text` in consecutive pieces of at most `max_chars` characters, each ending at the last
+    whitespace within its limit when there is one (no word is cut in two)."""
+    start = 0
+    while len(text) - start > max_chars:
+        end = start + max_chars
+        cut = max(text.rfind(" ", start + 1, end), text.rfind("\n", start + 1, end))
+        end = cut if cut > start else end
+        yield text[start:end]
+        start = end
+    yield text[start:]
+
+
+def val_cut(text: str, fraction: float) -> int:
+    """Where the first `fraction` of `text` ends: at the first whitespace from that share on."""
+    at = int(len(text) * fraction)
+    match = _WHITESPACE.search(text, at)
+    return match.start() if match else len(text)
 
 
 def pack(token_lists: Iterator[list[int]], length: int) -> Iterator[list[int]]:
@@ -113,8 +141,10 @@ class PackedBlocks(IterableDataset):
         seed: seeds file order and buffer; the same seed and sharding give the same blocks.
         rank, world_size: DDP position (set by the data module).
         epochs: stop after this many passes (None: endless; val always makes one pass).
-        max_document_chars: documents longer than this are cut (0: never), so one huge
-            document cannot exhaust the tokeniser's memory.
+        max_document_chars: documents longer than this are split into pieces (0: never), so one
+            huge document cannot exhaust the tokeniser's memory.
+        val_fraction: instead of whole documents, hold out the first `val_fraction` of the text of
+            every document of file 0 (a corpus of one document gets a validation split); None: off.
         resume: where a resumed run picks up, from `resume_position`: blocks each worker already
             delivered, and which worker delivers next. The skipped blocks are regenerated and
             dropped (the shuffle buffer and packing state must be rebuilt), at the pipeline's
@@ -134,6 +164,7 @@ class PackedBlocks(IterableDataset):
         epochs: int | None = None,
         resume: "ResumePosition | None" = None,
         max_document_chars: int = 1_000_000,
+        val_fraction: float | None = None,
     ) -> None:
         if split not in ("train", "val"):
             raise ValueError(f"split must be 'train' or 'val', got {split!r}")
@@ -142,6 +173,7 @@ class PackedBlocks(IterableDataset):
         self.rank, self.world_size, self.epochs = rank, world_size, epochs
         self.resume = resume
         self.max_document_chars = max_document_chars
+        self.val_fraction = val_fraction
         self.stats = DocumentStats()  # of the iterating process (each dataloader worker has its own)
 
     def documents(self, shard: int, num_shards: int, epoch: int = 0, shuffle_files: bool = True) -> Iterator[str]:
@@ -149,10 +181,10 @@ class PackedBlocks(IterableDataset):
         in source order without `shuffle_files`)."""
         if self.split == "val":
             for j, text in enumerate(self.source.iter_file(0)):
-                if j >= self.val_documents:
+                if not self.val_fraction and j >= self.val_documents:
                     return
                 if j % num_shards == shard:
-                    yield text
+                    yield text[:val_cut(text, self.val_fraction)] if self.val_fraction and isinstance(text, str) else text
             return
         files = list(range(self.source.num_files))
         if shuffle_files:
@@ -162,7 +194,9 @@ class PackedBlocks(IterableDataset):
         count = 0  # training documents seen so far, in the order every shard reads them
         for f in mine:
             for j, text in enumerate(self.source.iter_file(f)):
-                if f == 0 and j < self.val_documents:
+                if f == 0 and self.val_fraction:
+                    text = text[val_cut(text, self.val_fraction):] if isinstance(text, str) else text
+                elif f == 0 and j < self.val_documents:
                     continue
                 if by_file or count % num_shards == shard:
                     yield text
@@ -244,4 +278,4 @@ def stream_throughput(source: TextSource, workers: int, block_size: int = 1024, 
 
 
 __all__ = ["DocumentStats", "PackedBlocks", "clean_documents", "ResumePosition", "pack", "resume_position", "shuffled",
-           "stream_throughput"]
+           "split_text", "stream_throughput", "val_cut"]

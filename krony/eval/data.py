@@ -97,6 +97,51 @@ def load_rows(dataset: str, split: str = "test", data_dir: str | Path | None = N
     return Rows(list(ds["text"]), {"hub": name, "config": config, "split": split, "revision": _revision(name, path, revision)})
 
 
+FETCH = {  # file of krony's evaluation layout -> (hub dataset, config, split, format)
+    "wikitext-103/wiki.{split}.tokens": ("wikitext", "wikitext-103-v1", "wikitext"),
+    "wikitext-2/wiki.{split}.tokens": ("wikitext", "wikitext-2-v1", "wikitext"),
+    "wikitext-2-raw/wiki.{split}.raw": ("wikitext", "wikitext-2-raw-v1", "wikitext"),  # lm-eval's wikitext task
+    "lambada/lambada_test_plain_text.txt": ("lambada", "plain_text", "lines"),  # the paper protocol's LAMBADA
+    "lambada/lambada_test.jsonl": ("EleutherAI/lambada_openai", "default", "jsonl"),  # lm-eval's lambada_openai
+}
+"""The files `fetch_eval` writes and the hub data each holds (LAMBADA has only a test split)."""
+
+
+def rows_as_file(rows: Sequence[str], fmt: str) -> str:
+    """The text of a local file whose rows (`wikitext_rows_from_file`, `lambada_rows_from_file`)
+    are `rows`: WikiText's blank lines stored as " \\n", LAMBADA one passage per line or as jsonl."""
+    if fmt == "wikitext":
+        return "".join(row if row else " \n" for row in rows)
+    if fmt == "jsonl":
+        return "".join(json.dumps({"text": row}) + "\n" for row in rows)
+    return "".join(row.replace("\n", " ") + "\n" for row in rows)
+
+
+def fetch_eval(out_dir: str | Path, splits: Sequence[str] = ("test",), progress: Any = print) -> list[Path]:
+    """Write krony's evaluation data (`LOCAL_FILES` and the harness's files) into `out_dir` from the
+    hub (offline: its cache) with `datasets`, each file atomically; a user then passes
+    `data_dir=<out_dir>`. Returns the files written."""
+    import datasets
+
+    from krony.fileio import write_text
+    from krony.hub import dataset_location
+
+    written = []
+    for layout, (name, config, fmt) in FETCH.items():
+        for split in (["test"] if "{split}" not in layout else list(splits)):
+            target = Path(out_dir) / layout.format(split={"validation": "valid"}.get(split, split))
+            try:
+                path, revision = dataset_location(name)
+                ds = datasets.load_dataset(path, config, split=split, revision=revision)
+            except Exception as e:  # noqa: BLE001 - any hub failure gets the same advice
+                reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+                raise ValueError(f"could not load {name}/{config} ({split}) for {target}: {reason}") from e
+            write_text(target, rows_as_file(list(ds["text"]), fmt))
+            written.append(target)
+            progress(f"{target}: {len(ds):,} rows from {name}/{config} ({split}), sha256 {file_sha256(target)[:16]}")
+    return written
+
+
 def _revision(name: str, path: str, revision: str | None) -> str | None:
     """The commit of a hub dataset: the cached snapshot's folder name offline, else the hub's answer."""
     if Path(path).is_dir():
@@ -123,12 +168,15 @@ __all__ = [
     "DATASETS",
     "HUB",
     "LOCAL_FILES",
+    "FETCH",
     "Rows",
+    "fetch_eval",
     "file_sha256",
     "lambada_rows_from_file",
     "load_rows",
     "local_file",
     "paper_text",
+    "rows_as_file",
     "token_ids",
     "wikitext_rows_from_file",
 ]

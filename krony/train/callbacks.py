@@ -21,7 +21,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from krony.hf import load_state_dict_checked
 from krony.fileio import torch_load, write_text
-from krony.train.preempt import SIGNALS, Preempted, requeue_slurm_job, slurm_job_id
+from krony.train.preempt import SIGNALS, Aborted, Preempted, requeue_slurm_job, slurm_job_id
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +81,46 @@ class Throughput(L.Callback):
             if self.peak:
                 module.log("train/mfu", flops_per_sec / self.peak, on_step=True, on_epoch=False)
         self._t0, self._tokens0, self._batches0 = now, module.tokens_seen, module.batches_trained
+
+
+class PeriodicCheckpoint(ModelCheckpoint):
+    """Lightning's `ModelCheckpoint`, keeping its `save_top_k` newest files after a resume too.
+
+    Lightning never deletes the checkpoint a run was resumed from (in case the new run fails
+    before saving one), so every resume left one file more than `save_top_k`. Here that file
+    goes like any other once it falls out of the top k: by then a newer checkpoint has been
+    written and renamed into place (`AtomicCheckpointIO`), so a crash loses nothing.
+    """
+
+    def _should_remove_checkpoint(self, trainer: L.Trainer, previous: str, current: str) -> bool:
+        if previous != current and trainer.ckpt_path is not None and self.dirpath \
+                and Path(previous).resolve() == Path(trainer.ckpt_path).resolve() \
+                and Path(previous).resolve().parent == Path(self.dirpath).resolve():
+            return True
+        return super()._should_remove_checkpoint(trainer, previous, current)
+
+
+def progress_bar(enabled: bool = True) -> L.Callback | None:
+    """The training progress bar: steps done of `trainer.max_steps` ("train", not Lightning's
+    "Epoch 0/-2" of a stream without epochs); rich when it is installed. None when disabled."""
+    if not enabled:
+        return None
+    from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
+    from lightning.pytorch.utilities.imports import _RICH_AVAILABLE
+
+    if _RICH_AVAILABLE:
+        class StepRichProgressBar(RichProgressBar):
+            def _get_train_description(self, current_epoch: int) -> str:
+                return "train"
+
+        return StepRichProgressBar()
+
+    class StepTQDMProgressBar(TQDMProgressBar):
+        def on_train_epoch_start(self, trainer: L.Trainer, *args: Any) -> None:
+            super().on_train_epoch_start(trainer, *args)
+            self.train_progress_bar.set_description("train")
+
+    return StepTQDMProgressBar()
 
 
 TB_FIRST = ("run", "scheme", "structure", "init", "factors", "scalars")
@@ -231,13 +271,22 @@ class Preemption(L.Callback):
         self.saved_step: int | None = None  # step of the checkpoint saved for it
         self.checkpoint: str | None = None
         self._previous: dict[int, Any] = {}
+        self._trainer: L.Trainer | None = None
 
     # ------------------------------------------------------------------ signals
 
     def _catch(self, signum: int, frame: Any) -> None:
-        self.received = self.received or signal.Signals(signum).name
+        name = signal.Signals(signum).name
+        if name == "SIGINT":
+            if self.received == "SIGINT":  # the second Ctrl-C: stop now, the step in progress is lost
+                trainer = self._trainer
+                step = trainer.global_step if trainer is not None else 0
+                raise Aborted(step, self.checkpoint or _newest_checkpoint(trainer))
+            log.warning("Ctrl-C: saving the step in progress, then stopping (press Ctrl-C again to abort at once)")
+        self.received = self.received or name
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._trainer = trainer
         if stage != "fit" or threading.current_thread() is not threading.main_thread():
             return
         for name in self.signals:
@@ -284,7 +333,8 @@ class Preemption(L.Callback):
             self.received = self.received or "SIGTERM"
             if self.saved_step != trainer.global_step and trainer.world_size == 1:
                 self._save(trainer)
-        if isinstance(exception, (Preempted, SIGTERMException)) and self.requeue == "auto" and trainer.is_global_zero:
+        stopped = isinstance(exception, (Preempted, SIGTERMException)) and not isinstance(exception, Aborted)
+        if stopped and self.received != "SIGINT" and self.requeue == "auto" and trainer.is_global_zero:  # Ctrl-C: the user's stop
             job = slurm_job_id()
             if job is not None:
                 requeue_slurm_job(job)
@@ -307,4 +357,13 @@ class Preemption(L.Callback):
         log.warning("%s received: saved step %d to %s; stopping", self.received, trainer.global_step, path)
 
 
-__all__ = ["EvaluateAtEnd", "ExportModel", "HParamsSummary", "Preemption", "Throughput"]
+def _newest_checkpoint(trainer: L.Trainer | None) -> str | None:
+    """Where `last.ckpt` of the periodic checkpoints points, if there is one."""
+    for cb in (trainer.checkpoint_callbacks if trainer is not None else []):
+        if isinstance(cb, ModelCheckpoint) and cb.last_model_path and Path(cb.last_model_path).exists():
+            return str(Path(cb.last_model_path).resolve())
+    return None
+
+
+__all__ = ["EvaluateAtEnd", "ExportModel", "HParamsSummary", "PeriodicCheckpoint", "Preemption", "Throughput",
+           "progress_bar"]

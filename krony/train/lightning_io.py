@@ -20,10 +20,18 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None) -> None:
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options, got {storage_options!r}")
-        atomic_write(path, lambda tmp: torch.save(checkpoint, tmp), fsync=True)
+        atomic_write(path, lambda tmp: _save(checkpoint, tmp), fsync=True)
 
     def load_checkpoint(self, path: str | os.PathLike, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
         return torch_load(path, "checkpoint", map_location=map_location or "cpu")
+
+
+def _save(checkpoint: dict[str, Any], path: str) -> None:
+    """`torch.save` through a file this function opens and closes, so that a failed write (a full
+    disk) releases the file at once: torch's own writer would keep it open, and its space taken,
+    for as long as the exception lives."""
+    with open(path, "wb") as f:
+        torch.save(checkpoint, f)
 
 
 def checkpoint_bytes(model: torch.nn.Module, optimizer_state: bool = True) -> int:

@@ -26,8 +26,8 @@ import subprocess
 
 log = logging.getLogger(__name__)
 
-SIGNALS = ("SIGTERM", "SIGUSR1", "SIGUSR2")
-"""Signals that mean "save and stop" by default."""
+SIGNALS = ("SIGTERM", "SIGUSR1", "SIGUSR2", "SIGINT")
+"""Signals that mean "save and stop" by default (SIGINT: Ctrl-C; a second one aborts at once)."""
 
 
 class Preempted(BaseException):
@@ -43,6 +43,19 @@ class Preempted(BaseException):
     def exit_code(self) -> int:
         """128 + the signal number, the shell's code for a process ended by that signal."""
         return 128 + int(getattr(signal, self.signal_name, signal.SIGTERM))
+
+
+class Aborted(Preempted):
+    """A second Ctrl-C: the run stopped at once, without saving the step in progress; `checkpoint`
+    is the newest one saved before."""
+
+    def __init__(self, step: int, checkpoint: str | None) -> None:
+        super().__init__("SIGINT", step, checkpoint)
+        where = f"the last checkpoint is {checkpoint}" if checkpoint else "no checkpoint saved"
+        self.args = (f"aborted by a second Ctrl-C at step {step}, the step in progress not saved; {where}",)
+
+    def __str__(self) -> str:
+        return self.args[0]
 
 
 def ignore_in_worker(signals: tuple[str, ...] = SIGNALS) -> None:
@@ -98,4 +111,4 @@ def requeue_slurm_job(job_id: str) -> bool:
     return True
 
 
-__all__ = ["Preempted", "SIGNALS", "ignore_in_worker", "kill_workers_at_exit", "requeue_slurm_job", "slurm_job_id"]
+__all__ = ["Aborted", "Preempted", "SIGNALS", "ignore_in_worker", "kill_workers_at_exit", "requeue_slurm_job", "slurm_job_id"]

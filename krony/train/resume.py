@@ -27,14 +27,43 @@ from krony.fileio import write_text
 JOB_FILE = "job.json"
 NOT_IDENTITY = (
     "paths", "hydra", "logger", "callbacks", "resume", "ckpt_path", "run_name", "log_scalars_every", "module",
+    "check_disk",
     "trainer.enable_progress_bar", "trainer.log_every_n_steps", "trainer.enable_model_summary",
     "trainer.default_root_dir",
 )
 """Config keys (and everything under them) that do not change what a job computes."""
 
 
+def canonical_scheme(value: Any) -> Any:
+    """A scheme as its canonical key (`81M` and `768x768` -> `81m`); a value that is no scheme as it is."""
+    from krony.schemes import get_scheme
+
+    try:
+        return get_scheme(str(value)).key
+    except ValueError:
+        return value
+
+
+def canonical_teacher(value: Any) -> Any:
+    """A teacher as one spelling: a hub short name as its repository (`gpt2` ->
+    `openai-community/gpt2`), a local path as its absolute path."""
+    from krony.hub import MODEL_REPOS
+
+    if not isinstance(value, str):
+        return value
+    if value in MODEL_REPOS:
+        return MODEL_REPOS[value]
+    path = Path(value).expanduser()
+    return str(path.resolve()) if path.exists() else value
+
+
+CANONICAL = {"decomp": canonical_scheme, "model.scheme": canonical_scheme, "model.teacher": canonical_teacher}
+"""Identity keys whose values have several spellings of one meaning, and the function that picks one."""
+
+
 def job_identity(config: dict[str, Any]) -> dict[str, Any]:
-    """The resolved config as {dotted key: value}, less `NOT_IDENTITY`."""
+    """The resolved config as {dotted key: value}, less `NOT_IDENTITY`, with the values of
+    `CANONICAL` in their canonical spelling (`decomp=81M` is the job of `decomp=81m`)."""
     flat: dict[str, Any] = {}
 
     def walk(node: Any, prefix: str) -> None:
@@ -45,7 +74,7 @@ def job_identity(config: dict[str, Any]) -> dict[str, Any]:
             flat[prefix] = node
 
     walk(config, "")
-    return {k: v for k, v in sorted(flat.items())
+    return {k: CANONICAL[k](v) if k in CANONICAL else v for k, v in sorted(flat.items())
             if not any(k == x or k.startswith(x + ".") for x in NOT_IDENTITY)}
 
 
@@ -164,9 +193,9 @@ def _continue(prev: Previous, out: Path) -> Plan:
     return Plan("continue", prev.directory, checkpoint)
 
 
-POINTERS = {"skipped.txt": "finished earlier in ", "resumed.txt": "continued in "}
-"""Files a job directory gets when its run lives elsewhere (skipped, or continued there), and
-the words before that directory; `krony.report` follows them."""
+POINTERS = {"skipped.txt": "finished earlier in ", "resumed.txt": "continued in ", "running.txt": "running in "}
+"""Files a job directory gets when its run lives elsewhere (skipped, continued there, or running
+there in another process), and the words before that directory; `krony.report` follows them."""
 
 
 def write_pointer(out: Path, name: str, directory: Path, checkpoint: str | Path | None = None) -> None:
