@@ -93,18 +93,6 @@ def test_harness_on_a_factored_model_equals_its_dense_form(tmp_path):
 
 @needs_data
 @pytest.mark.slow
-def test_lm_evals_hf_model_runs_the_compressed_export_with_remote_code(tmp_path):
-    """`lm_eval --model hf --model_args pretrained=<dir>,trust_remote_code=True` on the factored folder,
-    never densified, gives krony's own numbers on the same folder."""
-    model = compress(tiny(2), "32x16", init="random", factors=2, scalars=True)
-    model.save_pretrained(tmp_path / "kron")
-    tasks = ["lambada_openai"]  # a loglikelihood task; the rolling one is compared on the dense folder above
-    assert_same(ours(str(tmp_path / "kron"), tmp_path, tasks)["results"],
-                hf_reference(tmp_path / "kron", ",trust_remote_code=True", tasks), rel=1e-5)
-
-
-@needs_data
-@pytest.mark.slow
 def test_lm_evals_own_command_line_runs_the_krony_model(tmp_path):
     """`python -m krony.eval.harness` is lm-eval's command line with "krony" registered."""
     model = compress(tiny(2), "16x8", init="random")
@@ -123,9 +111,10 @@ def test_lm_evals_own_command_line_runs_the_krony_model(tmp_path):
 
 @needs_data
 @pytest.mark.slow
-def test_the_offline_form_of_lm_evals_hf_model_in_the_readme_runs_the_compressed_export(tmp_path):
-    """README: `python -m krony.eval.harness run --model hf ... --data_dir ...`, the offline form of
-    `lm_eval --model hf` (whose tasks need the hub), on the factored folder."""
+def test_lm_evals_hf_model_runs_the_compressed_export_with_remote_code(tmp_path):
+    """`lm_eval --model hf --model_args pretrained=<dir>,trust_remote_code=True` on the factored folder,
+    never densified, gives krony's own numbers on the same folder; run as the README's offline form
+    (`python -m krony.eval.harness run --model hf ... --data_dir ...`: lm-eval's own tasks need the hub)."""
     model = compress(tiny(2), "32x16", init="random", factors=2, scalars=True)
     model.save_pretrained(tmp_path / "kron")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}

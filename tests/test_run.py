@@ -29,7 +29,19 @@ def smoke_sweep(tmp_path_factory) -> Path:
     with module_dir(tmp_path_factory, "sweep") as root:
         out = krony_run(["-m", "decomp=67m,81m,96m", "init=vanloan,prune", "experiment=smoke"], root)
         assert out.returncode == 0, out.stderr[-3000:]
+        (root / "console.txt").write_text(out.stdout + out.stderr)  # what the user saw
         yield root
+
+
+@pytest.mark.slow
+def test_the_sweep_prints_each_line_once_without_tips_warnings_or_epoch_minus_two(smoke_sweep):
+    text = (smoke_sweep / "console.txt").read_text()
+    for noise in ("Tip:", "_pytree", "LeafSpec", "Epoch 0/-2", "fontManager", "documents longer than one block"):
+        assert noise not in text, noise
+    lines = text.splitlines()
+    assert not [line for line in lines if line.startswith("INFO: ")], "Lightning's own console handler"
+    for message in ("Seed set to 1337", "GPU available: False", "`Trainer.fit` stopped"):
+        assert sum(message in line for line in lines) == 6, message  # once a job
 
 
 @pytest.mark.slow
@@ -238,8 +250,8 @@ def test_ddp_run_writes_one_run_directory(tmp_path):
 @pytest.mark.slow
 def test_multifactor_logs_scalars_and_distils(tmp_path):
     """mf2 with 4 factors and scalars, distilled, under bf16-mixed at GPT-2 width."""
-    out = krony_run(["model=multifactor", "decomp=mf2", "distill=on", "experiment=smoke", "trainer.max_steps=2",
-                     "trainer.val_check_interval=2", "trainer.limit_val_batches=1", "trainer.precision=bf16-mixed"], tmp_path)
+    out = krony_run(["model=multifactor", "decomp=mf2", "distill=on", "experiment=smoke", "trainer.max_steps=1",
+                     "trainer.val_check_interval=1", "trainer.limit_val_batches=1", "trainer.precision=bf16-mixed"], tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     run = next((tmp_path / "logs" / "runs" / "mf2-vanloan-r4-s-kd").iterdir())
     tags = events(run).Tags()["scalars"]

@@ -103,8 +103,10 @@ def _decode_problem(head: bytes, encoding: str, complete: bool) -> tuple[str | N
     kb = len(head) // 1024 or 1
     invalid = text.count("\ufffd")
     if invalid and codecs.lookup(encoding).name == "utf-8" and invalid / len(text) > MAX_INVALID_UTF8:
-        if _control_share(head.decode("latin-1")) > MAX_NON_TEXT:
-            return f"is not text: its first {kb} KB are mostly not UTF-8 and full of control bytes (binary data?)", text
+        controls = _control_share(head.decode("latin-1"))
+        if controls > MAX_NON_TEXT:
+            return (f"is not text: its first {kb} KB are not UTF-8 and {controls:.0%} of their bytes are control "
+                    f"bytes (binary data?)"), text
         offset = _first_invalid_utf8(head)
         return (f"is not UTF-8: {invalid} invalid byte(s) in its first {kb} KB, the first 0x{head[offset]:02x} at "
                 f"offset {offset} (Latin-1 or Windows-1252 text?); read it with data.source.encoding=latin-1 (or "
