@@ -52,6 +52,17 @@ def module_dir(tmp_path_factory, name: str):
     shutil.rmtree(path, ignore_errors=True)
 
 
+def events(run_dir: Path):
+    """The TensorBoard events of a run directory that holds exactly one event file."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    files = list(run_dir.glob("events.out.tfevents.*"))
+    assert len(files) == 1, f"expected one event file in {run_dir}, found {files}"
+    ea = EventAccumulator(str(files[0]))
+    ea.Reload()
+    return ea
+
+
 def make_cfg(tmp_path: Path, overrides: list[str]):
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):

@@ -190,11 +190,11 @@ io._save = _save
 
 @pytest.mark.slow
 def test_a_full_disk_refuses_the_start_then_fails_one_save_cleanly(tmp_path):
-    # d=256: a training checkpoint takes 164 MB; three of them (two kept + the next) need 0.49 GB
-    args = ["experiment=smoke", "+model.teacher_config.n_embd=256", "+model.teacher_config.n_head=4", "decomp=64x32",
+    # d=128: a training checkpoint takes 81 MB; three of them (two kept + the next) need 0.24 GB
+    args = ["experiment=smoke", "+model.teacher_config.n_embd=128", "+model.teacher_config.n_head=2", "decomp=64x32",
             "init=random", "callbacks.checkpoint_last.every_n_train_steps=2", "trainer.enable_progress_bar=false",
             "trainer.max_steps=6", "trainer.val_check_interval=6", "trainer.limit_val_batches=1"]
-    with small_disk(tmp_path, 250) as disk:
+    with small_disk(tmp_path, 120) as disk:
         env = dict(ENV)
         if disk is None:  # not root: the same fault, injected at the save of step 4
             hook = tmp_path / "hook"
@@ -207,7 +207,7 @@ def test_a_full_disk_refuses_the_start_then_fails_one_save_cleanly(tmp_path):
             out = krony_run(args + [f"hydra.run.dir={run_dir}"], tmp_path, env=env)
             assert out.returncode == 1 and "Traceback" not in out.stderr
             line = out.stderr.strip().splitlines()[-1]
-            assert "not enough disk: the checkpoints need 0.49 GB more" in line and "check_disk=false" in line
+            assert "not enough disk: the checkpoints need 0.24 GB more" in line and "check_disk=false" in line
             assert not (run_dir / "checkpoints").exists()
         out = krony_run(args + [f"hydra.run.dir={run_dir}", "check_disk=false"], tmp_path, env=env)
         assert out.returncode == 1 and "Traceback" not in out.stdout + out.stderr
