@@ -9,7 +9,10 @@ events, checkpoints and exported model into its own directory named after the ru
 (`81m-vanloan-r1`). A job that fails is logged with its error (`error.txt` in its directory);
 the sweep goes on, and the command exits non-zero at the end with the list of failed jobs.
 A job started again continues where it stopped (`krony.train.resume`); a pre-empted one
-(SIGTERM, SIGUSR1, SIGUSR2) saves its step first (`krony.train.preempt`).
+(SIGTERM, SIGUSR1, SIGUSR2, Ctrl-C) saves its step first (`krony.train.preempt`); a job another
+process is training is refused or, in a sweep, skipped (`krony.train.lock`). Before Hydra starts,
+`krony.run_check` checks the command itself: a typo, a bad value or an unwritable directory is
+one line (exit 2), with no run directory left behind.
 
 Only light modules are imported at the top: `--help` and a bad config answer in a second or
 two, before torch and Lightning load.
@@ -264,8 +267,9 @@ def _say(line: str) -> None:
 def _fail(out: Path, key: str | None, name: str, e: Exception) -> None:
     """Record a failed job: error.txt with the traceback (else stderr), job.json `failed`, one line."""
     message = f"{type(e).__name__}: {e}"
-    if isinstance(e, DiskFull) and e.failed_write:
-        message = f"{e}; the files written before it are kept: free space, then start the same command again to continue"
+    if isinstance(e, DiskFull):  # its line names the path and the free space already
+        message = str(e) + ("; the files written before it are kept: free space, then start the same command again "
+                            "to continue" if e.failed_write else "")
     if not _held_by_another(out):
         try:
             out.mkdir(parents=True, exist_ok=True)

@@ -82,8 +82,8 @@ def check_keys(cfg: DictConfig, overrides: list[Any]) -> None:
     """`CommandError` for a `key=value` (not `+key=value`) whose key is not in the composed config,
     with the closest key at that level."""
     for o in overrides:
-        if o.is_add() or o.is_force_add() or "/" in o.key_or_group or o.package is not None:
-            continue
+        if o.is_add() or o.is_force_add() or o.is_delete() or "/" in o.key_or_group or o.package is not None:
+            continue  # new keys, deletions (Hydra names a missing one) and packaged overrides are Hydra's
         node: Any = cfg
         parts = o.key_or_group.split(".")
         for depth, part in enumerate(parts):
@@ -96,11 +96,10 @@ def check_keys(cfg: DictConfig, overrides: list[Any]) -> None:
                 continue
             where = ".".join(parts[:depth])
             shown = ", ".join(sorted(keys)[:30]) if keys else "none (it is not a mapping)"
-            value = "" if o.is_delete() else o.get_value_element_as_str() if not o.is_sweep_override() else "..."
             close = suggest(part, keys)
             if close:
                 close = close.replace("did you mean ", "did you mean " + (where + "." if where else ""))
-            raise CommandError(f"{o.key_or_group}={value}: unknown key{close}; the keys under "
+            raise CommandError(f"{o.input_line}: unknown key{close}; the keys under "
                                f"{where or 'the top level'} are {shown} (+{o.key_or_group}=... adds a new one)")
 
 
