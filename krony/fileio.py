@@ -32,13 +32,18 @@ class DiskFull(OSError):
         return self.strerror
 
 
-def free_bytes(path: str | os.PathLike) -> int | None:
-    """Free bytes on the filesystem of `path` (or its nearest existing parent), None if unknown."""
-    p = Path(path)
+def nearest_existing(path: str | os.PathLike) -> Path:
+    """`path`, or its nearest parent that exists (where a directory to be made would live)."""
+    p = Path(path).expanduser().absolute()
     while not p.exists() and p != p.parent:
         p = p.parent
+    return p
+
+
+def free_bytes(path: str | os.PathLike) -> int | None:
+    """Free bytes on the filesystem of `path` (or its nearest existing parent), None if unknown."""
     try:
-        return shutil.disk_usage(p).free
+        return shutil.disk_usage(nearest_existing(path)).free
     except OSError:
         return None
 
@@ -150,4 +155,4 @@ def torch_load(path: str | os.PathLike, what: str = "checkpoint", **kwargs: Any)
 
 
 __all__ = ["DiskFull", "InvalidFile", "atomic_write", "default_mode", "describe_load_error", "free_bytes", "is_disk_full",
-           "torch_load", "write_or_report", "write_text"]
+           "nearest_existing", "torch_load", "write_or_report", "write_text"]

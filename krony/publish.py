@@ -24,7 +24,7 @@ from krony.compression import CONVENTIONS, count_params, factored_layers
 from krony.data.sources import LOCAL_BUILDERS
 from krony.fileio import write_text
 from krony.hf import load_model
-from krony.hub import MODEL_REPOS
+from krony.hub import MODEL_REPOS, looks_like_path
 
 DATASET_NAMES = {"wikitext103": ("wikitext", "WikiText-103", "wikitext-103-v1"),
                  "wikitext2": ("wikitext", "WikiText-2", "wikitext-2-v1"),
@@ -69,14 +69,14 @@ def provenance(source: Source) -> Provenance:
     """The teacher and the data of a run directory from its records; for a bare model folder, nothing."""
     ident = source.identity
     if not ident:
-        return Provenance(None, "unknown (published from a model folder, not a run directory)", False, [],
-                          "unknown (published from a model folder, not a run directory)")
+        unknown = "unknown (published from a model folder, not a run directory)"
+        return Provenance(None, unknown, False, [], unknown)
     teacher = ident.get("model.teacher")
     random_teacher = teacher in (None, "None")
     if random_teacher:
         preset = ident.get("model.teacher_config.preset", "gpt2")
         base, words = None, f"random weights ({preset} widths, {ident.get('model.teacher_config.n_layer', '?')} blocks): a smoke test, not a language model"
-    elif Path(str(teacher)).expanduser().exists() or str(teacher).startswith(("/", ".", "~")):
+    elif Path(str(teacher)).expanduser().exists() or looks_like_path(str(teacher)):
         base, words = None, f"a local checkpoint ({Path(str(teacher)).name})"
     else:
         base = MODEL_REPOS.get(str(teacher), str(teacher))

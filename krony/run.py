@@ -76,16 +76,16 @@ def build_module(cfg: DictConfig):
     return instantiate(cfg.module)
 
 
-def train(cfg: DictConfig, ckpt_path: str | Path | None = None) -> dict[str, float]:
-    """Run one job: check the config and the machine, build data, model, trainer; fit (or
-    validate, or continue fitting from `ckpt_path`); return the final metrics. A pre-emption
-    signal ends it with `Preempted` after saving the step in progress."""
+def train(cfg: DictConfig, ckpt_path: str | Path | None = None, preflighted: bool = False) -> dict[str, float]:
+    """Run one job: check the config and the machine (`preflighted`: the command's own check,
+    `krony.run_check`, did the machine's already), build data, model, trainer; fit (or validate,
+    or continue fitting from `ckpt_path`); return the final metrics. A pre-emption signal ends it
+    with `Preempted` after saving the step in progress."""
     from krony.fileio import InvalidFile
     from krony.preflight import check_checkpoint, preflight
 
     validate(cfg)  # one-line errors for bad values before anything heavy is imported or built
-    key = job_key(job_identity(OmegaConf.to_container(cfg, resolve=True)))
-    if key not in PREFLIGHTED:  # the command's own check (krony.run_check) ran it already for a single run
+    if not preflighted:
         preflight(cfg)  # the GPU, the hub, the dataset, the checkpoint: one line each, before any heavy work
     try:
         check_checkpoint(ckpt_path)
@@ -216,7 +216,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
         if cfg.get("ckpt_path"):  # an explicit checkpoint wins (validate() checks it exists)
             ckpt = cfg.ckpt_path
         write_status(out, key, "running", run_name=name, identity=identity, overrides=_task_overrides())
-        metrics = train(cfg, ckpt_path=ckpt)
+        metrics = train(cfg, ckpt_path=ckpt, preflighted=key in PREFLIGHTED)
     except JobRunning as e:
         _running_elsewhere(out, name, e)
         return None

@@ -103,18 +103,19 @@ def check_keys(cfg: DictConfig, overrides: list[Any]) -> None:
                                f"{where or 'the top level'} are {shown} (+{o.key_or_group}=... adds a new one)")
 
 
-def compose_job(conf_dir: Path, overrides: list[str]) -> DictConfig:
+def compose_job(conf_dir: Path, overrides: list[str], output_dir: str | Path | None = None) -> DictConfig:
     """The run config of one job as `python -m krony.run` composes it, with Hydra's node, its
-    output directory resolved and `HydraConfig` set (so `${hydra:...}` resolves)."""
+    output directory (`hydra.run.dir`, or `output_dir`) resolved and `HydraConfig` set (so
+    `${hydra:...}` resolves)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.hydra_config import HydraConfig
 
     with initialize_config_dir(str(conf_dir), version_base="1.3", job_name="run"):
         cfg = compose("run", overrides=list(overrides), return_hydra_config=True)
-    run_dir = str(Path(OmegaConf.select(cfg, "hydra.run.dir")).absolute())  # needs no ${hydra:...}
+    run_dir = output_dir or Path(OmegaConf.select(cfg, "hydra.run.dir")).absolute()  # needs no ${hydra:...}
     with open_dict(cfg):
         cfg.hydra.job.num = 0
-        cfg.hydra.runtime.output_dir = run_dir
+        cfg.hydra.runtime.output_dir = str(run_dir)
     HydraConfig.instance().set_config(cfg)
     return cfg
 
@@ -122,10 +123,9 @@ def compose_job(conf_dir: Path, overrides: list[str]) -> DictConfig:
 def writable_problem(directory: str | Path) -> str | None:
     """Why files cannot be created in `directory` (made when missing), or None: the nearest
     existing folder is tried with a temporary file, which also catches read-only mounts."""
-    path = Path(directory).expanduser().absolute()
-    existing = path
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
+    from krony.fileio import nearest_existing
+
+    existing = nearest_existing(directory)
     if not existing.is_dir():
         return f"{existing} is not a directory"
     try:

@@ -21,13 +21,11 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # two workers share the cores: one th
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.core.global_hydra import GlobalHydra  # noqa: E402
-from hydra.core.hydra_config import HydraConfig  # noqa: E402
-from omegaconf import open_dict  # noqa: E402
 
 from krony import GPT, GPTConfig  # noqa: E402
 from krony.run import CONF_DIR  # noqa: E402  (also registers the config resolvers)
+from krony.run_check import compose_job  # noqa: E402
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
@@ -64,14 +62,9 @@ def events(run_dir: Path):
 
 
 def make_cfg(tmp_path: Path, overrides: list[str]):
+    """The smoke run config with `overrides`, composed as `python -m krony.run` composes it."""
     GlobalHydra.instance().clear()
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose("run", overrides=["experiment=smoke", f"paths.root_dir={tmp_path}", *overrides], return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(tmp_path / "out")
-        cfg.hydra.job.num = 0
-    HydraConfig.instance().set_config(cfg)
-    return cfg
+    return compose_job(CONF_DIR, ["experiment=smoke", f"paths.root_dir={tmp_path}", *overrides], tmp_path / "out")
 
 
 

@@ -217,8 +217,10 @@ class TextSource:
                 raise ValueError(f"data.source.data_files: {f} {problem}")
 
     def check_split(self, val_documents: int, val_fraction: float | None = None) -> None:
-        """ValueError when holding out `val_documents` documents of the first local file leaves
-        nothing to train on (or nothing to validate on); counts documents as the stream reads them."""
+        """`ConfigError` when holding out `val_documents` documents of the first local file leaves
+        nothing to train on (or the file holds none); counts documents as the stream reads them."""
+        from krony.config import ConfigError
+
         if val_fraction:
             return  # a share of every document of file 0: both splits get text
         files = self.local_files()
@@ -227,12 +229,12 @@ class TextSource:
                                                           "document": "the whole file"}.get(self.sample_by, ""),
                "json": "one per line", "parquet": "one per row"}[self.path]
         if counted <= val_documents and len(files) == 1:
-            raise ValueError(
-                f"data.val_documents={val_documents}: {files[0]} holds {counted} document(s) ({how}), all held out "
-                f"for validation, so nothing is left to train on; lower data.val_documents, or hold out a share "
-                f"of the text instead with data.val_fraction=0.01")
+            raise ConfigError("data.val_documents", val_documents,
+                              f"{files[0]} holds {counted} document(s) ({how}), all held out for validation, so nothing "
+                              f"is left to train on; lower data.val_documents, or hold out a share of the text instead "
+                              f"with data.val_fraction=0.01")
         if counted == 0:
-            raise ValueError(f"data.source.data_files: {files[0]} holds no document ({how})")
+            raise ConfigError("data.source.data_files", self.data_files, f"{files[0]} holds no document ({how})")
 
     def location(self) -> tuple[str, str | None]:
         """(path, revision) for `load_dataset`: local builders and folders as they are, a hub

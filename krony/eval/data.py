@@ -83,11 +83,16 @@ def load_rows(dataset: str, split: str = "test", data_dir: str | Path | None = N
         path = local_file(data_dir, LOCAL_FILES[dataset].format(split=split))
         rows = lambada_rows_from_file(path) if dataset == "lambada" else wikitext_rows_from_file(path)
         return Rows(rows, {"path": str(path), "sha256": file_sha256(path)})
+    return hub_rows(*HUB[dataset], split)
+
+
+def hub_rows(name: str, config: str, split: str) -> Rows:
+    """The "text" rows of a hub dataset's config and split, from the hub or, offline, its cached
+    snapshot; one `ValueError` line for any failure."""
     import datasets
 
     from krony.hub import dataset_location
 
-    name, config = HUB[dataset]
     try:
         path, revision = dataset_location(name)  # the hub, or offline its cached snapshot
         ds = datasets.load_dataset(path, config, split=split, revision=revision)
@@ -97,7 +102,7 @@ def load_rows(dataset: str, split: str = "test", data_dir: str | Path | None = N
     return Rows(list(ds["text"]), {"hub": name, "config": config, "split": split, "revision": _revision(name, path, revision)})
 
 
-FETCH = {  # file of krony's evaluation layout -> (hub dataset, config, split, format)
+FETCH = {  # file of krony's evaluation layout -> (hub dataset, config, format)
     "wikitext-103/wiki.{split}.tokens": ("wikitext", "wikitext-103-v1", "wikitext"),
     "wikitext-2/wiki.{split}.tokens": ("wikitext", "wikitext-2-v1", "wikitext"),
     "wikitext-2-raw/wiki.{split}.raw": ("wikitext", "wikitext-2-raw-v1", "wikitext"),  # lm-eval's wikitext task
@@ -121,24 +126,16 @@ def fetch_eval(out_dir: str | Path, splits: Sequence[str] = ("test",), progress:
     """Write krony's evaluation data (`LOCAL_FILES` and the harness's files) into `out_dir` from the
     hub (offline: its cache) with `datasets`, each file atomically; a user then passes
     `data_dir=<out_dir>`. Returns the files written."""
-    import datasets
-
     from krony.fileio import write_text
-    from krony.hub import dataset_location
 
     written = []
     for layout, (name, config, fmt) in FETCH.items():
         for split in (["test"] if "{split}" not in layout else list(splits)):
             target = Path(out_dir) / layout.format(split={"validation": "valid"}.get(split, split))
-            try:
-                path, revision = dataset_location(name)
-                ds = datasets.load_dataset(path, config, split=split, revision=revision)
-            except Exception as e:  # noqa: BLE001 - any hub failure gets the same advice
-                reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-                raise ValueError(f"could not load {name}/{config} ({split}) for {target}: {reason}") from e
-            write_text(target, rows_as_file(list(ds["text"]), fmt))
+            rows = hub_rows(name, config, split).rows
+            write_text(target, rows_as_file(rows, fmt))
             written.append(target)
-            progress(f"{target}: {len(ds):,} rows from {name}/{config} ({split}), sha256 {file_sha256(target)[:16]}")
+            progress(f"{target}: {len(rows):,} rows from {name}/{config} ({split}), sha256 {file_sha256(target)[:16]}")
     return written
 
 
@@ -172,6 +169,7 @@ __all__ = [
     "Rows",
     "fetch_eval",
     "file_sha256",
+    "hub_rows",
     "lambada_rows_from_file",
     "load_rows",
     "local_file",

@@ -15,13 +15,14 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from krony.hf import load_state_dict_checked
 from krony.fileio import torch_load, write_text
 from krony.train.preempt import SIGNALS, Aborted, Preempted, requeue_slurm_job, slurm_job_id
+from krony.train.resume import latest_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -100,27 +101,29 @@ class PeriodicCheckpoint(ModelCheckpoint):
         return super()._should_remove_checkpoint(trainer, previous, current)
 
 
+class StepRichProgressBar(RichProgressBar):
+    """Lightning's rich bar, described as "train" (not "Epoch 0/-2": a stream has no epochs)."""
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        return "train"
+
+
+class StepTQDMProgressBar(TQDMProgressBar):
+    """Lightning's tqdm bar, described as "train"."""
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        super().on_train_epoch_start(trainer, *args)
+        self.train_progress_bar.set_description("train")
+
+
 def progress_bar(enabled: bool = True) -> L.Callback | None:
-    """The training progress bar: steps done of `trainer.max_steps` ("train", not Lightning's
-    "Epoch 0/-2" of a stream without epochs); rich when it is installed. None when disabled."""
+    """The training progress bar: steps done of `trainer.max_steps`; rich when it is installed.
+    None when disabled (`trainer.enable_progress_bar=false`)."""
     if not enabled:
         return None
-    from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
     from lightning.pytorch.utilities.imports import _RICH_AVAILABLE
 
-    if _RICH_AVAILABLE:
-        class StepRichProgressBar(RichProgressBar):
-            def _get_train_description(self, current_epoch: int) -> str:
-                return "train"
-
-        return StepRichProgressBar()
-
-    class StepTQDMProgressBar(TQDMProgressBar):
-        def on_train_epoch_start(self, trainer: L.Trainer, *args: Any) -> None:
-            super().on_train_epoch_start(trainer, *args)
-            self.train_progress_bar.set_description("train")
-
-    return StepTQDMProgressBar()
+    return StepRichProgressBar() if _RICH_AVAILABLE else StepTQDMProgressBar()
 
 
 TB_FIRST = ("run", "scheme", "structure", "init", "factors", "scalars")
@@ -281,7 +284,7 @@ class Preemption(L.Callback):
             if self.received == "SIGINT":  # the second Ctrl-C: stop now, the step in progress is lost
                 trainer = self._trainer
                 step = trainer.global_step if trainer is not None else 0
-                raise Aborted(step, self.checkpoint or _newest_checkpoint(trainer))
+                raise Aborted(step, self.checkpoint or _last_checkpoint(trainer))
             log.warning("Ctrl-C: saving the step in progress, then stopping (press Ctrl-C again to abort at once)")
         self.received = self.received or name
 
@@ -357,13 +360,11 @@ class Preemption(L.Callback):
         log.warning("%s received: saved step %d to %s; stopping", self.received, trainer.global_step, path)
 
 
-def _newest_checkpoint(trainer: L.Trainer | None) -> str | None:
-    """Where `last.ckpt` of the periodic checkpoints points, if there is one."""
-    for cb in (trainer.checkpoint_callbacks if trainer is not None else []):
-        if isinstance(cb, ModelCheckpoint) and cb.last_model_path and Path(cb.last_model_path).exists():
-            return str(Path(cb.last_model_path).resolve())
-    return None
+def _last_checkpoint(trainer: L.Trainer | None) -> str | None:
+    """The newest complete checkpoint of the run (`krony.train.resume.latest_checkpoint`)."""
+    found = latest_checkpoint(trainer.default_root_dir) if trainer is not None else None
+    return str(found) if found else None
 
 
-__all__ = ["EvaluateAtEnd", "ExportModel", "HParamsSummary", "PeriodicCheckpoint", "Preemption", "Throughput",
-           "progress_bar"]
+__all__ = ["EvaluateAtEnd", "ExportModel", "HParamsSummary", "PeriodicCheckpoint", "Preemption", "StepRichProgressBar",
+           "StepTQDMProgressBar", "Throughput", "progress_bar"]

@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from krony.fileio import write_text
+
 log = logging.getLogger(__name__)
 
 LOCK_FILE = "job.lock"
@@ -222,10 +224,8 @@ class JobLock:
     def move_to(self, directory: str | Path) -> None:
         """Record that the job runs in `directory` (decided after the identity lock was taken)."""
         self.directory = str(directory)
-        for path in self.paths:
-            tmp = path.with_name(f"{path.name}.{self.token}.tmp")
-            tmp.write_text(json.dumps(self._record()) + "\n")
-            os.replace(tmp, path)
+        for path in self.paths:  # held by this job: rewritten in place (temp file and rename)
+            write_text(path, json.dumps(self._record()) + "\n")
 
     def release(self) -> None:
         """Remove the lock files this job still holds (never another process's)."""
