@@ -1,4 +1,4 @@
-"""krony: compress GPT-2 with Kronecker products (Krony-PT).
+"""krony: compress GPT-2 and any Hugging Face causal LM with Kronecker products (Krony-PT).
 
 The math lives in plain PyTorch modules: `model` (GPT-2, nothing else), `layers` (the
 factored structures: `layers.kronecker`, the layer and its cost model; `layers.kronecker_init`,
@@ -13,7 +13,8 @@ from krony._lazy import lazy_exports
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "compress": "krony.compression", "count_params": "krony.compression", "decompress": "krony.compression",
+    "compress": "krony.compression", "save_pretrained": "krony.export", "CompressConfig": "krony.config",
+    "load_causal_lm": "krony.causal_lm", "count_params": "krony.compression", "decompress": "krony.compression",
     "kronecker_layers": "krony.compression", "factored_layers": "krony.compression", "model_size": "krony.compression",
     "INITS": "krony.layers.kronecker_init", "prune": "krony.layers.kronecker_init", "random_factors": "krony.layers.kronecker_init", "vanloan": "krony.layers.kronecker_init",
     "FactoredLinear": "krony.layers", "STRUCTURES": "krony.layers", "KroneckerLinear": "krony.layers.kronecker", "choose_path": "krony.layers.kronecker", "kron_weight": "krony.layers.kronecker",

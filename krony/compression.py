@@ -1,28 +1,30 @@
-"""Compress a GPT's FFN matrices into factored layers, convert back, and count parameters.
+"""Compress a model's matrices into factored layers, convert back, and count parameters.
 
-Compression is one explicit function: for each selected block, take the dense `c_fc` and
-`c_proj` weights, build a factored layer of the chosen structure for each (`krony.layers`),
-initialise it from the dense weight, and swap it in at the same module name (biases are
-kept). Attention, embeddings and norms are untouched. Only the structure interface
-(`krony.layers.base.FactoredLinear`) is used here.
+Compression is one explicit function, for any model in the family table (`krony.targets`):
+find the target matrices (by default every block's FFN), build a factored layer of the chosen
+structure for each (`krony.layers`), initialise it from the dense weight, and swap it in at the
+same module name (biases are kept). An FFN whose layers the structure can run in one pass
+(Kronecker's token-middle layout, SwiGLU included) gets its class's forward replaced by that
+pass (`fuse_ffn`). Only the structure interface (`krony.layers.base.FactoredLinear`) and the
+family table are used here: no family's module names.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from krony.config import CONVENTIONS, KRONECKER_ONLY_INITS, LAYER_SETS, MATCHES, GPTConfig, check_choice
-from krony.layers import FactoredLinear, KroneckerLinear, check_factors, get_structure
-from krony.layers.base import per_matrix_budget
+from krony.config import CONVENTIONS, LAYER_SETS, CompressConfig, ConfigError, GPTConfig
+from krony.layers import FactoredLinear, KroneckerLinear, get_structure
+from krony.layers.base import budget_of
 from krony.model import GPT
 from krony.schemes import Scheme
+from krony.targets import Family, Target, dense_weight, embedding_params, find_targets, get_family, n_blocks
 
-FFN_MODULES = ("c_fc", "c_proj")
 log = logging.getLogger(__name__)
 
 
@@ -43,141 +45,200 @@ def select_layers(layers: str | Sequence[int], n_layer: int) -> list[int]:
     return chosen
 
 
-def compress(
-    model: GPT,
-    scheme: str | Scheme | tuple[int, int] = "81m",
-    init: str | Callable[..., Any] = "vanloan",
-    factors: int = 1,
-    scalars: bool = False,
-    layers: str | Sequence[int] = "all",
-    path: str = "auto",
-    progress: bool = False,
-    structure: str | type[FactoredLinear] = "kronecker",
-    budget: int | None = None,
-    structure_options: dict[str, Any] | None = None,
-    match: str = "params",
-    **init_kwargs: Any,
-) -> GPT:
-    """Replace `c_fc` and `c_proj` of the selected blocks by factored layers, in place.
+def compress(model: nn.Module, scheme: str | Scheme | tuple[int, int] | CompressConfig | None = None, *,
+             config: CompressConfig | None = None, progress: bool = False, **fields: Any) -> nn.Module:
+    """Replace the target matrices of `model` (krony's `GPT` or a transformers causal LM) by
+    factored layers, in place; returns the same model.
 
-    Args:
-        model: a dense GPT (on any device; on the meta device only the structure is built).
-        scheme: a Table-1 name ("67m", "81m", "96m", "mf1", "mf2", "81m_alt", "gpt2"), A dims of
-            `c_fc` as "m1xn1" or (m1, n1), or a `Scheme`. `c_proj` uses the transposed A dims.
-        init: "vanloan", "prune", "random" (see `krony.layers.kronecker_init`) or a function with their signature.
-        factors: r, the number of Kronecker products per matrix.
-        scalars: learn one scalar per factor (adaptive normalisation lands in them when on).
-        layers: "all", "odd", "even" or a list of block indices.
-        path: forward path of the new layers ("auto" picks the cheapest).
-        progress: show a progress bar over the matrices.
-        structure: the factored structure (`krony.layers.STRUCTURES`): "kronecker", "lowrank" or
-            "monarch". Lowrank and monarch are sized to the parameter count of `scheme` (the
-            Kronecker scheme with `factors`), or of `budget`.
-        budget: lowrank / monarch: the model's parameter count to aim at (Table-1 convention)
-            instead of a scheme's; each structure takes the size nearest to it.
-        structure_options: options of the structure's constructor, e.g. {"nblocks": 8} for monarch.
-        match: lowrank / monarch sized to `scheme`: "params" (the nearest parameter count) or
-            "flops" (the nearest multiply-adds per token to the scheme's Kronecker layers, which
-            cost more per parameter). How far off the size lands is logged (INFO, `krony.compression`).
-        init_kwargs: options of the init, e.g. `normalize=True`, `svd="lowrank"`, `offsets=...`, `fill=0.1`.
-
-    Returns the same model object.
+    The what and how is one `CompressConfig` (`config=`, or its fields as keywords, e.g.
+    `compress(model, structure="lowrank", ffn_fraction=0.5)`); `scheme` may be given first, as
+    in `compress(gpt, "81m", init="prune")`. Keywords that are not config fields are the init's
+    options (`normalize=True`, `svd="lowrank"`, `offsets=...`, `fill=0.1`). A model on the meta
+    device gets the structure only. `progress` shows a bar over the matrices. How far a budget
+    landed from its target is logged (INFO, `krony.compression`).
     """
-    cls = get_structure(structure)
-    factors = check_factors(factors)
-    blocks = select_layers(layers, model.config.n_layer)
+    cfg = compress_config(scheme, config, fields)
+    family = get_family(model, required=cfg.targets is None)
+    transposed = family.transposed if family else False
+    blocks = None if cfg.layers == "all" else select_layers(cfg.layers, n_blocks(model))
+    targets = find_targets(model, cfg.targets, cfg.attention, blocks)
     # build every new layer first and swap them in at the end, so a failure leaves the model as it was
-    todo = [(i, name) for i in blocks for name in FFN_MODULES]
-    check_choice("match", match, MATCHES)
-    if cls is not KroneckerLinear and init in KRONECKER_ONLY_INITS:
-        raise ValueError(f"init {init!r} is a Kronecker init; {cls.structure} takes vanloan (its optimal projection) or random")
-    if budget is not None:
-        if cls is KroneckerLinear:
-            raise ValueError("a Kronecker layer is sized by its scheme; budget= sizes lowrank and monarch")
-        if match != "params":
-            raise ValueError("budget= is a parameter count; match='flops' takes a scheme, whose Kronecker "
-                             "layers' multiply-adds are the target")
-        dense_weights = sum(getattr(model.transformer.h[i].mlp, name).weight.numel() for i, name in todo)
-        scheme = max(1, round((budget - (count_params(model) - dense_weights)) / len(todo)))  # per matrix
-    new_layers, targets = [], []
-    for i, name in tqdm(todo, desc=f"compress {scheme}", disable=not progress, unit="matrix"):
-        dense = getattr(model.transformer.h[i].mlp, name)
+    per_matrix = None if cfg.budget is None else _per_matrix(model, cfg.budget, targets)
+    new_layers, sized = [], []
+    for t in tqdm(targets, desc=f"compress {cfg.structure}", disable=not progress, unit="matrix"):
+        dense = model.get_submodule(t.name)
         if isinstance(dense, FactoredLinear):
-            raise ValueError(f"block {i} {name} is already compressed; call krony.decompress(model) first")
-        layer, target = layer_for(dense, name, cls, scheme, factors, scalars, path, match, structure_options)
-        if target is not None:
-            targets.append(target)
-        if not dense.weight.is_meta:
+            raise ValueError(f"{t.name} is already compressed; call krony.decompress(model) first")
+        try:
+            layer, target = layer_for(dense, t.role, cfg, transposed, per_matrix)
+        except ValueError as e:
+            raise ValueError(f"{t.name} ({t.out_features} x {t.in_features}): {e}") from None
+        sized.append((t, target))
+        W = dense_weight(dense, transposed)
+        if not W.is_meta:
             with torch.no_grad():
-                layer.init_from(dense.weight, init, **init_kwargs)
+                layer.init_from(W, cfg.init, **cfg.init_options)
                 if dense.bias is not None:
                     layer.bias.copy_(dense.bias)
-        new_layers.append((f"transformer.h.{i}.mlp.{name}", layer))
+        new_layers.append((t.name, layer))
     for name, layer in new_layers:
-        install(model, name, layer)
-    if targets:
-        _log_sizing(model, cls.structure, scheme if budget is None else budget, match, targets,
-                    [layer for _, layer in new_layers])
+        replace_module(model, name, layer)
+    if family is not None:
+        fuse_ffn(model, family)
+    _log_sizing(model, cfg, sized, [layer for _, layer in new_layers])
     return model
 
 
-def layer_for(dense: nn.Linear, module: str, structure: str | type[FactoredLinear] = "kronecker",
-              scheme: str | Scheme | tuple[int, int] | int = "81m", factors: int = 1, scalars: bool = False,
-              path: str = "auto", match: str = "params",
-              structure_options: dict[str, Any] | None = None) -> tuple[FactoredLinear, int | None]:
-    """An uninitialised layer of `structure` for the FFN matrix `dense` (`module`: "c_fc" or
-    "c_proj"), on its device and dtype, and the count it was sized to (None for Kronecker, which
-    its scheme sizes): the scheme's parameters per matrix (an int `scheme` is that count), or
-    with match="flops" the multiply-adds per token of the scheme's Kronecker layer."""
-    cls = get_structure(structure)
-    if cls is KroneckerLinear:
-        return cls.for_matrix(dense, scheme, module, factors=factors, scalars=scalars, path=path), None
-    target = per_matrix_budget(scheme, dense.in_features, dense.out_features, module, factors)
-    if match == "flops":  # lowrank and monarch run as many multiply-adds per token as they hold weights
-        shape = nn.Linear(dense.in_features, dense.out_features, bias=False, device="meta")
-        target = KroneckerLinear.for_matrix(shape, scheme, module, factors=factors).multiply_adds()
-    return cls.for_matrix(dense, target, module, **(structure_options or {})), target
+def compress_config(scheme: Any, config: CompressConfig | None, fields: dict[str, Any]) -> CompressConfig:
+    """The `CompressConfig` of a `compress` call: `config`, or built from `scheme` and the keyword
+    fields; keywords that are not fields are init options."""
+    if isinstance(scheme, CompressConfig):
+        scheme, config = None, scheme
+    if isinstance(fields.get("structure"), type):
+        fields["structure"] = fields["structure"].structure
+    known = CompressConfig.__dataclass_fields__
+    options = {k: fields.pop(k) for k in list(fields) if k not in known}
+    if config is not None:
+        if fields or scheme is not None:
+            raise ValueError("give the compression as config= or as keywords, not both")
+        if options:
+            config = CompressConfig(**{**config.__dict__, "init_options": {**config.init_options, **options}})
+        return config
+    fields["init_options"] = {**fields.get("init_options", {}), **options}
+    try:
+        return CompressConfig(scheme=scheme, **fields)
+    except ConfigError as e:
+        raise ValueError(str(e)) from None
 
 
-def _log_sizing(model: GPT, structure: str, budget: Any, match: str, targets: list[int],
-                layers: list[FactoredLinear]) -> None:
-    """Log how far a budget-sized structure landed from its target: the model's parameters against
-    the same model with every layer at its target count, or for match="flops" the new layers'
-    multiply-adds per token against the Kronecker layers'."""
-    if match == "flops":
-        got, want = sum(layer.multiply_adds() for layer in layers), sum(targets)
-        log.info("%s sized to %s (flops-matched): %s FFN multiply-adds per token against %s, %+.2f%%", structure,
-                 budget, f"{got:,}", f"{want:,}", 100 * (got - want) / want)
+def layer_for(dense: nn.Module, role: str, cfg: CompressConfig, transposed: bool = False,
+              size: Any = None) -> tuple[FactoredLinear, int]:
+    """An uninitialised layer of `cfg.structure` for the linear module `dense` of `role`, on its
+    device and dtype, and the count it was sized to: its parameters per matrix, or with
+    match="flops" the multiply-adds per token of the scheme's Kronecker layer. `size`
+    overrides the config's (a parameter count or a scheme)."""
+    cls = get_structure(cfg.structure)
+    W = dense_weight(dense, transposed)
+    out, inp = W.shape
+    if size is None:
+        size = cfg.scheme if cfg.ffn_fraction is None else max(1, round(cfg.ffn_fraction * out * inp))
+    target = budget_of(size, role, inp, out, cfg.factors)
+    if cfg.match == "flops":  # lowrank and monarch run as many multiply-adds per token as they hold weights
+        size = target = KroneckerLinear.build(inp, out, size, role, device="meta", factors=cfg.factors).multiply_adds()
+    layer = cls.build(inp, out, size, role, bias=getattr(dense, "bias", None) is not None, device=W.device,
+                      dtype=W.dtype, factors=cfg.factors, scalars=cfg.scalars, path=cfg.path, **cfg.structure_options)
+    return layer, target
+
+
+def _per_matrix(model: nn.Module, budget: int, targets: list[Target]) -> int:
+    """The parameters each target matrix may take for the model to have `budget` in all."""
+    dense = sum(t.in_features * t.out_features for t in targets)
+    return max(1, round((budget - (count_params(model) - dense)) / len(targets)))
+
+
+def _log_sizing(model: nn.Module, cfg: CompressConfig, sized: list[tuple[Target, int]], layers: list[FactoredLinear]) -> None:
+    """Log how far the factored layers landed from their targets: the parameters kept of the
+    targeted matrices, or for match="flops" the multiply-adds per token against the Kronecker layers'."""
+    if cfg.match == "flops":
+        got, want = sum(layer.multiply_adds() for layer in layers), sum(t for _, t in sized)
+        log.info("%s sized to %s (flops-matched): %s FFN multiply-adds per token against %s, %+.2f%%", cfg.structure,
+                 cfg.scheme, f"{got:,}", f"{want:,}", 100 * (got - want) / want)
         return
-    biases = sum(layer.bias.numel() for layer in layers if layer.bias is not None)
-    ffn, ffn_want = sum(layer.num_params() for layer in layers) - biases, sum(targets)
-    got = count_params(model)
-    want = got - ffn + ffn_want
-    log.info("%s sized to %s (params-matched): %s parameters against %s, %+.2f%% (the factored weights: %s "
-             "against %s, %+.2f%%)", structure, budget, f"{got:,}", f"{want:,}", 100 * (got - want) / want,
-             f"{ffn:,}", f"{ffn_want:,}", 100 * (ffn - ffn_want) / ffn_want)
+    dense = sum(t.in_features * t.out_features for t, _ in sized)
+    got = sum(layer.num_params() - (layer.bias.numel() if layer.bias is not None else 0) for layer in layers)
+    want = sum(t for _, t in sized)
+    log.info("%s: the %d factored matrices keep %s of their %s parameters (%.2f%%; asked %s, %+.2f%%); model: %s",
+             cfg.structure, len(layers), f"{got:,}", f"{dense:,}", 100 * got / dense, f"{want:,}",
+             100 * (got - want) / want, f"{count_params(model):,}")
 
 
 def replace_module(model: nn.Module, name: str, module: nn.Module) -> None:
-    """Put `module` at the dotted `name` in `model` (e.g. "transformer.h.0.mlp.c_fc")."""
+    """Put `module` at the dotted `name` in `model` (e.g. "model.layers.0.mlp.up_proj")."""
     parent, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent), child, module)
 
 
-def install(model: nn.Module, name: str, layer: FactoredLinear) -> None:
-    """Put a factored `layer` at `name` (an MLP's c_fc or c_proj); the MLP becomes the structure's
-    fusing subclass (`mlp_class`) when it has one."""
-    replace_module(model, name, layer)
-    mlp_name = name.rpartition(".")[0]
-    mlp = model.get_submodule(mlp_name)
-    if layer.mlp_class is not None and not isinstance(mlp, layer.mlp_class):
-        replace_module(model, mlp_name, layer.mlp_class(mlp))
+def install(model: nn.Module, layers: dict[str, FactoredLinear]) -> nn.Module:
+    """Put factored `layers` ({module name: layer}) into `model` and fuse the FFNs that can be
+    (how a saved compressed model is rebuilt); returns the model."""
+    for name, layer in layers.items():
+        replace_module(model, name, layer)
+    family = get_family(model, required=False)
+    if family is not None:
+        fuse_ffn(model, family)
+    return model
 
 
-def decompress(model: GPT) -> GPT:
-    """Replace every factored layer by an `nn.Linear` with its dense weight, in place; returns the model."""
+_FUSED: dict[type, type] = {}
+"""The fused subclass of each FFN module class made so far (`fused_class`)."""
+
+
+def fused_class(base: type[nn.Module], family: Family) -> type[nn.Module]:
+    """A subclass of the FFN module class `base` whose forward runs its factored layers in one
+    pass (`FactoredLinear.fused_ffn`) when their structure can, and `base.forward` otherwise.
+
+    The subclass adds no state, so an FFN changes class in place (`module.__class__`) and its
+    state-dict keys stay the same; `unfuse_ffn` changes it back."""
+    if base in _FUSED:
+        return _FUSED[base]
+    expand_names, contract_name = family.ffn_parts()
+    act, gated, dropout = family.act, family.gated, family.dropout
+
+    def forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        contract = getattr(self, contract_name)
+        y = None
+        if isinstance(contract, FactoredLinear):
+            y = contract.fused_ffn(x, [getattr(self, n) for n in expand_names], contract, getattr(self, act), gated)
+        if y is None:
+            return base.forward(self, x)
+        return getattr(self, dropout)(y) if dropout else y
+
+    cls = type(f"Fused{base.__name__}", (base,), {"forward": forward, "_krony_base": base,
+                                                  "__doc__": f"{base.__name__} running its factored layers fused."})
+    _FUSED[base] = cls
+    return cls
+
+
+def fuse_ffn(model: nn.Module, family: Family) -> None:
+    """Give every FFN of `model` whose contract matrix is of a structure with a fused path its
+    fused class (`fused_class`)."""
+    parts = family.ffn_parts()
+    if parts is None:
+        return
+    for block in model.get_submodule(family.blocks):
+        ffn = block.get_submodule(family.ffn)
+        contract = getattr(ffn, parts[1])
+        fuses = isinstance(contract, FactoredLinear) and type(contract).fused_ffn is not FactoredLinear.fused_ffn
+        if fuses and not hasattr(type(ffn), "_krony_base"):
+            ffn.__class__ = fused_class(type(ffn), family)
+
+
+def unfuse_ffn(model: nn.Module) -> None:
+    """Give every fused FFN of `model` its own class back."""
+    for module in model.modules():
+        base = getattr(type(module), "_krony_base", None)
+        if base is not None:
+            module.__class__ = base
+
+
+def decompress(model: nn.Module) -> nn.Module:
+    """Replace every factored layer by the family's dense module (`nn.Linear`; GPT-2's `Conv1D`
+    in a transformers GPT-2) with its dense weight, and every fused FFN by its own class, in
+    place; returns the model, of its own class again."""
+    family = get_family(model, required=False)
     for name, layer in factored_layers(model).items():
-        replace_module(model, name, layer.to_linear())
+        dense = layer.to_linear()
+        if family is not None and family.transposed:
+            from transformers.pytorch_utils import Conv1D
+
+            conv = Conv1D(layer.out_features, layer.in_features).to(dense.weight)
+            with torch.no_grad():
+                conv.weight.copy_(dense.weight.t())
+                if dense.bias is not None:
+                    conv.bias.copy_(dense.bias)
+            dense = conv
+        replace_module(model, name, dense)
+    unfuse_ffn(model)
     return model
 
 
@@ -191,22 +252,23 @@ def kronecker_layers(model: nn.Module) -> dict[str, KroneckerLinear]:
     return {name: m for name, m in factored_layers(model).items() if isinstance(m, KroneckerLinear)}
 
 
-def count_params(model: GPT, convention: str = "table1") -> int:
-    """Parameters of `model` under a counting convention.
+def count_params(model: nn.Module, convention: str = "table1") -> int:
+    """Parameters of `model` (krony's `GPT` or a transformers model) under a counting convention.
 
-    - "table1": every unique parameter once (tied wte/lm_head once), `wpe`, norms, biases and
-      scalars included: the paper's Table 1.
+    - "table1": every unique parameter once (tied input/output embeddings once), learned
+      positions, norms, biases and scalars included: the paper's Table 1.
     - "no_output_embedding": without the output embedding matrix, as KnGPT2 and
-      TQCompressedGPT2 count (with tied embeddings that matrix is also `wte`).
-    - "non_embedding": without `wte`, `wpe` and `lm_head` (Kaplan et al.).
+      TQCompressedGPT2 count (with tied embeddings that matrix is also the input embedding).
+    - "non_embedding": without the input and output embeddings and learned positions (Kaplan et al.).
     """
     if convention not in CONVENTIONS:
         raise ValueError(f"unknown convention {convention!r}; valid choices: {', '.join(CONVENTIONS)}")
+    inputs, output = embedding_params(model)
     excluded: set[int] = set()
     if convention in ("no_output_embedding", "non_embedding"):
-        excluded.add(id(model.lm_head.weight))
+        excluded |= {id(p) for p in output}
     if convention == "non_embedding":
-        excluded |= {id(model.transformer.wte.weight), id(model.transformer.wpe.weight)}
+        excluded |= {id(p) for p in inputs}
     return sum(p.numel() for p in model.parameters() if id(p) not in excluded)
 
 
@@ -227,21 +289,24 @@ def model_size(
         model = GPT(config or GPTConfig())
     if scheme is not None:
         compress(model, scheme, init="random", factors=factors, scalars=scalars, layers=layers, structure=structure,
-                 structure_options=structure_options or None, match=match)
+                 structure_options=structure_options, match=match)
     return count_params(model, convention)
 
 
 __all__ = [
     "CONVENTIONS",
-    "FFN_MODULES",
     "compress",
+    "compress_config",
     "count_params",
     "decompress",
     "factored_layers",
+    "fuse_ffn",
+    "fused_class",
     "install",
     "kronecker_layers",
     "layer_for",
     "model_size",
     "replace_module",
     "select_layers",
+    "unfuse_ffn",
 ]

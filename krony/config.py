@@ -16,12 +16,10 @@ import typing
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Any, Mapping
 
+from krony.structures import REGISTRY, STRUCTURE_NAMES
+
 INIT_METHODS = ("vanloan", "prune", "random")
 """Initialisations of the Kronecker factors, by name (`krony.layers.kronecker_init.INITS` maps them to functions)."""
-STRUCTURE_NAMES = ("kronecker", "lowrank", "monarch")
-"""Factored structures (`krony.layers.STRUCTURES`); lowrank and monarch are sized to the scheme's budget."""
-KRONECKER_ONLY_INITS = ("prune",)
-"""Inits only a Kronecker layer has (the others take vanloan, their optimal projection, or random)."""
 CONVENTIONS = ("table1", "no_output_embedding", "non_embedding")
 """Parameter counting conventions (`krony.compression.count_params`, docs/method.md)."""
 MATCHES = ("params", "flops")
@@ -221,6 +219,100 @@ PRESETS: dict[str, dict[str, int]] = {
 
 
 @dataclass
+class CompressConfig:
+    """What `krony.compress` does to a model: which matrices, which structure, what size, which init.
+
+    The size is one of `scheme` (Kronecker A dims of the expand matrices, or a Table-1 name),
+    `ffn_fraction` (any model: keep this fraction of each targeted matrix's parameters) or
+    `budget` (lowrank / monarch: the whole model's parameter count). With none of them the
+    paper's 81m scheme is used."""
+
+    structure: str = "kronecker"
+    """kronecker | lowrank | monarch (`krony.structures.REGISTRY`)."""
+    scheme: Any = None
+    """A scheme name ("81m"), A dims of the expand matrices ("768x768" or [768, 768]; contract
+    matrices take them transposed), or "ffnNN" (= ffn_fraction NN/100). Lowrank and monarch are
+    sized to its Kronecker parameter count."""
+    ffn_fraction: float | None = None
+    """Keep this fraction of every targeted matrix's parameters, in (0, 1]: Kronecker dims from
+    `krony.schemes.choose_dims`, the others' rank from their parameter count."""
+    budget: int | None = None
+    """lowrank / monarch: the whole model's parameter count to aim at (Table-1 convention)."""
+    init: str = "vanloan"
+    """The init: vanloan (each structure's optimal projection) | prune (Kronecker) | random."""
+    init_options: dict[str, Any] = field(default_factory=dict)
+    """Options of the init, e.g. {"normalize": True}, {"fill": 0.1}."""
+    factors: int = 1
+    """Kronecker: products per matrix (r); also sizes a scheme's budget for the other structures."""
+    scalars: bool = False
+    """Kronecker: a learnable scalar per factor."""
+    layers: Any = "all"
+    """Blocks to compress: all | odd | even | a list of indices."""
+    targets: Any = None
+    """None: the family's FFN matrices (`krony.targets.FAMILIES`); a list of module names (a
+    module matches when its name ends with one) or one regular expression, as peft's `target_modules`."""
+    attention: bool = False
+    """Also compress the family's attention projections (with `targets=None`; sized by `ffn_fraction`)."""
+    structure_options: dict[str, Any] = field(default_factory=dict)
+    """Constructor options of the structure, e.g. {"nblocks": 8} for monarch."""
+    match: str = "params"
+    """lowrank / monarch sized to a scheme: its parameter count (params) or its Kronecker layers'
+    multiply-adds per token (flops)."""
+    path: str = "auto"
+    """Kronecker: the forward path (auto: the cheapest by the cost model)."""
+
+    def __post_init__(self) -> None:
+        check_choice("structure", self.structure, STRUCTURE_NAMES)
+        check_choice("match", self.match, MATCHES)
+        self.structure_options, self.init_options = dict(self.structure_options or {}), dict(self.init_options or {})
+        if self.structure == "kronecker":
+            self.match = "params"  # a Kronecker layer is its own scheme: nothing to match
+        if self.init not in REGISTRY[self.structure].inits and not callable(self.init):
+            raise ConfigError("init", self.init, f"not an init of {self.structure}; it takes "
+                              f"{', '.join(REGISTRY[self.structure].inits)} (vanloan: its optimal projection)")
+        self.factors = check_factors(self.factors)
+        if isinstance(self.scheme, (tuple, list)):
+            self.scheme = tuple(self.scheme)
+        if self.scheme is not None and not isinstance(self.scheme, tuple):
+            from krony.schemes import parse_fraction
+
+            try:
+                fraction = parse_fraction(self.scheme)
+            except ValueError as e:
+                raise ConfigError("scheme", self.scheme, str(e)) from None
+            if fraction is not None:
+                self.scheme, self.ffn_fraction = None, fraction if self.ffn_fraction is None else self.ffn_fraction
+        if self.scheme is not None:
+            from krony.schemes import get_scheme
+
+            try:
+                get_scheme(self.scheme)
+            except ValueError as e:
+                raise ConfigError("scheme", self.scheme, str(e)) from None
+        sizes = [k for k in ("scheme", "ffn_fraction", "budget") if getattr(self, k) is not None]
+        if len(sizes) > 1:
+            raise ConfigError(sizes[1], getattr(self, sizes[1]), f"give one size: {sizes[0]} is set too")
+        if not sizes:
+            self.scheme = "81m"
+        if self.ffn_fraction is not None and not 0 < self.ffn_fraction <= 1:
+            raise ConfigError("ffn_fraction", self.ffn_fraction, "the fraction of parameters to keep must be in (0, 1]")
+        if self.budget is not None:
+            if self.structure == "kronecker":
+                raise ConfigError("budget", self.budget, "a Kronecker layer is sized by a scheme or ffn_fraction; "
+                                  "budget= sizes lowrank and monarch")
+            if self.match != "params":
+                raise ConfigError("match", self.match, "budget= is a parameter count; match='flops' takes a scheme, "
+                                  "whose Kronecker layers' multiply-adds are the target")
+        if self.match == "flops" and self.scheme is None:
+            raise ConfigError("match", self.match, "flops-matching sizes to a scheme's Kronecker layers; give scheme=")
+        if self.attention and self.scheme is not None:
+            raise ConfigError("attention", True, "a scheme sizes the FFN matrices only; size attention with ffn_fraction=")
+        if not (self.layers in LAYER_SETS or isinstance(self.layers, (list, tuple)) and self.layers
+                and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in self.layers)):
+            raise ConfigError("layers", self.layers, f"give {', '.join(LAYER_SETS)} or a list of block indices such as [0, 2, 4]")
+
+
+@dataclass
 class ModelConfig:
     """The model a run trains: which teacher checkpoint, and what student is made of it."""
 
@@ -233,7 +325,7 @@ class ModelConfig:
     teacher_config: dict[str, Any] | None = None
     """For teacher=None: {"preset": "gpt2", ...GPTConfig overrides}, e.g. n_layer=2 for smoke runs."""
     scheme: str = "81m"
-    """krony: a scheme name (`python -m krony schemes`) or A dims of c_fc as "m1xn1"; set by `decomp=`."""
+    """krony: a scheme name (`python -m krony schemes`) or A dims of the expand matrices as "m1xn1"; set by `decomp=`."""
     init: str = "vanloan"
     """krony: vanloan | prune | random (vanloan: each structure's optimal projection)."""
     structure: str = "kronecker"
@@ -261,6 +353,13 @@ class ModelConfig:
     """Give the student its own lm_head (a copy of wte), as TQCompressedGPT2 and KnGPT-2 train."""
     activation: str | None = None
     """The student's FFN activation: gelu_new | gelu (exact erf, as the authors' code ran); None: the teacher's."""
+
+    def compress_config(self) -> CompressConfig:
+        """What `krony.compress` does to the teacher for this model."""
+        return CompressConfig(structure=self.structure, scheme=self.scheme, init=self.init,
+                              init_options=dict(self.init_options), factors=self.factors, scalars=self.scalars,
+                              layers=self.layers, structure_options=dict(self.structure_options),
+                              match=self.structure_match)
 
     @staticmethod
     def type_advice(name: str, value: Any) -> str:
@@ -291,9 +390,9 @@ class ModelConfig:
             check_choice("init", self.init, INIT_METHODS)
             check_choice("structure", self.structure, STRUCTURE_NAMES)
             check_choice("structure_match", self.structure_match, MATCHES)
-            if self.structure != "kronecker" and self.init in KRONECKER_ONLY_INITS:
-                raise ConfigError("init", self.init, f"a Kronecker init; {self.structure} takes vanloan (its optimal "
-                                  "projection) or random")
+            if self.init not in REGISTRY[self.structure].inits:
+                raise ConfigError("init", self.init, f"not an init of {self.structure}; it takes "
+                                  f"{', '.join(REGISTRY[self.structure].inits)} (vanloan: its optimal projection)")
             unknown = sorted(set(self.init_options) - set(INIT_OPTIONS[self.init]))
             if unknown:
                 raise ConfigError(f"init_options.{unknown[0]}", self.init_options[unknown[0]],
@@ -456,7 +555,7 @@ class NestConfig:
 
 
 __all__ = [
-    "DISTILGPT2_LAYERS", "INIT_METHODS", "INIT_OPTIONS", "KINDS", "LAYER_SETS", "NEST_SCHEDULES", "PRESETS", "SCHEDULES",
+    "CompressConfig", "DISTILGPT2_LAYERS", "INIT_METHODS", "INIT_OPTIONS", "KINDS", "LAYER_SETS", "NEST_SCHEDULES", "PRESETS", "SCHEDULES",
     "STRUCTURE_NAMES", "ConfigError", "DistillConfig", "FreezeConfig", "GPTConfig", "ModelConfig", "NestConfig", "OptimConfig",
     "check_choice", "check_factors", "from_config", "suggest", "to_dict",
 ]

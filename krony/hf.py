@@ -6,13 +6,11 @@ Layout on disk (a directory): `config.json` + `model.safetensors`.
   `transformer.*`, Conv1D weights stored (in, out), tied `lm_head` left out), so
   `transformers.GPT2LMHeadModel.from_pretrained(dir)` loads them.
 - Compressed models use the same keys and layout for their dense parts and keep each factored
-  layer's tensors under its module name: Kronecker `...mlp.c_fc.weight` (A, 3-D, stored under
-  the dense weight's key), `.B`, `.scalars`, `.bias`; `config.json` records each layer's
-  structure and shape under `krony_layers`, with `model_type: krony_gpt2`, an `auto_map` and
-  the remote-code files of `krony/hf_remote/` beside it, so
+  layer's tensors under its module name, as every family's export does (`krony.export`:
+  `model_type: krony_gpt2`, `krony_layers`, the remote code), so
   `AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)` runs the factored model
   without krony. Without `trust_remote_code` the Auto classes refuse the folder and name the
-  flag; a plain `GPT2LMHeadModel` stops on A's shape rather than loading random FFN weights.
+  flag; a plain `GPT2LMHeadModel` stops on a factor's shape rather than loading random FFN weights.
 
 HF's GPT-2 uses Conv1D, whose weight is the transpose of `nn.Linear`'s; exactly these four
 weights are transposed between the layouts: `attn.c_attn`, `attn.c_proj`, `mlp.c_fc`,
@@ -31,9 +29,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from krony.compression import factored_layers, install
+from krony.compression import install
 from krony.config import GPTConfig
-from krony.fileio import InvalidFile, atomic_write, describe_load_error, torch_load, write_text
+from krony.export import LAYERS_KEY, compressed_config, stored_state_dict, write_folder
+from krony.fileio import InvalidFile, describe_load_error, torch_load
 from krony.hub import WEIGHT_FILES, looks_like_path, model_files
 from krony.layers import get_structure
 from krony.model import GPT
@@ -43,10 +42,6 @@ TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "ml
 SKIPPED = (".attn.bias", ".attn.masked_bias")
 """Causal-mask buffers in old HF checkpoints; not parameters."""
 
-REMOTE_CODE = Path(__file__).parent / "hf_remote"
-"""transformers remote-code files copied into compressed exports (they import only transformers)."""
-LAYERS_KEY = "krony_layers"
-"""config.json key of the factored layers: {module name: {"structure": ..., **its spec}}."""
 LEGACY_KRONECKER_KEY = "krony_kronecker"
 """The key exports before krony_layers used (Kronecker layers only); still read."""
 
@@ -80,22 +75,12 @@ def from_hf_state_dict(sd: dict[str, torch.Tensor], stored: dict[str, str] | Non
 def to_hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
     """Our state dict -> HF GPT-2 layout: Conv1D weights transposed, tied `lm_head` left out,
     and each factored layer's `stored_as_weight` factor (Kronecker: A) under the dense
-    weight's key, `<module>.weight`: a plain `GPT2LMHeadModel` then stops on its shape instead
-    of loading random FFN weights (`from_hf_state_dict` undoes it).
-
-    Tensors are contiguous copies, ready for safetensors.
+    weight's key, `<module>.weight` (`krony.export.stored_state_dict`; `from_hf_state_dict`
+    undoes it). Tensors are contiguous copies, ready for safetensors.
     """
-    renamed = {f"{name}.{layer.stored_as_weight}": f"{name}.weight" for name, layer in factored_layers(model).items()}
-    out = {}
-    for key, value in model.state_dict().items():
-        if key == "lm_head.weight" and model.config.tie_embeddings:
-            continue
-        if key in renamed:  # a factor under the weight's key keeps its own layout
-            key = renamed[key]
-        elif key.endswith(TRANSPOSED):
-            value = value.t()
-        out[key] = value.detach().contiguous().clone()
-    return out
+    state = {key: value.t() if key.endswith(TRANSPOSED) else value for key, value in model.state_dict().items()
+             if not (key == "lm_head.weight" and model.config.tie_embeddings)}
+    return stored_state_dict(model, state)
 
 
 def state_dict_problems(expected: dict[str, torch.Tensor], sd: dict[str, torch.Tensor], label: str = "model",
@@ -163,19 +148,7 @@ def hf_config_dict(model: GPT) -> dict[str, Any]:
         "tie_word_embeddings": c.tie_embeddings,
         "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
     }
-    layers = layers_spec(model)
-    if layers:
-        d["architectures"] = ["KronyGPT2LMHeadModel"]
-        d["model_type"] = "krony_gpt2"
-        d["auto_map"] = {"AutoConfig": "configuration_krony_gpt2.KronyGPT2Config",
-                         "AutoModelForCausalLM": "modeling_krony_gpt2.KronyGPT2LMHeadModel"}
-        d[LAYERS_KEY] = layers
-    return d
-
-
-def layers_spec(model: nn.Module) -> dict[str, dict[str, Any]]:
-    """{module name: {"structure": ..., **spec}} for every factored layer in `model`."""
-    return {name: {"structure": m.structure, **m.spec()} for name, m in factored_layers(model).items()}
+    return compressed_config(d, model)
 
 
 def saved_layers(cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -306,15 +279,14 @@ def load_model(name_or_path: str | os.PathLike, **overrides: Any) -> GPT:
     else:
         weights, cfg_path = model_files(str(name_or_path))
     cfg_dict = read_config(cfg_path) if cfg_path else {}
-    layers = {name: (get_structure(spec["structure"]), {k: v for k, v in spec.items() if k != "structure"})
+    layers = {name: (get_structure(spec["structure"]), {k: v for k, v in spec.items() if k not in ("structure", "class")})
               for name, spec in saved_layers(cfg_dict).items()}
     sd = from_hf_state_dict(read_weights(weights), {name: cls.stored_as_weight for name, (cls, _) in layers.items()})
     config = config_from_hf(cfg_dict, **overrides) if cfg_dict else config_from_state_dict(sd, **overrides)
     model = GPT(config)
     if not cfg_dict:
         _check_dense_weights(model, sd, weights)
-    for name, (cls, spec) in layers.items():
-        install(model, name, cls(**spec))
+    install(model, {name: cls(**spec) for name, (cls, spec) in layers.items()})
     load_state_dict_checked(model, sd)
     return model
 
@@ -345,18 +317,10 @@ def resolve_model(name_or_path: str) -> tuple[GPT, Path | None]:
 def save_model(model: GPT, directory: str | os.PathLike) -> Path:
     """Write config.json + model.safetensors into `directory` (created), atomic per file, and
     GPT-2's tokenizer files (`krony.tokenizer.save_hf_tokenizer`); a compressed model also gets
-    the remote-code files of `krony/hf_remote/` that transformers loads it with."""
-    from safetensors.torch import save_file
-
+    the remote code transformers loads it with (`krony.export`)."""
     from krony.tokenizer import save_hf_tokenizer
 
-    out = Path(directory)
-    atomic_write(out / "model.safetensors", lambda tmp: save_file(to_hf_state_dict(model), tmp, metadata={"format": "pt"}))
-    config = hf_config_dict(model)
-    write_text(out / "config.json", json.dumps(config, indent=2) + "\n")
-    if "auto_map" in config:  # factored: transformers runs it with trust_remote_code=True
-        for src in sorted(REMOTE_CODE.glob("*_krony_gpt2.py")):
-            write_text(out / src.name, src.read_text())
+    out = write_folder(directory, to_hf_state_dict(model), hf_config_dict(model), ("GPT2Config", "GPT2LMHeadModel"))
     save_hf_tokenizer(out)
     return out
 
@@ -367,7 +331,6 @@ __all__ = [
     "config_from_state_dict",
     "from_hf_state_dict",
     "hf_config_dict",
-    "layers_spec",
     "saved_layers",
     "load_model",
     "load_state_dict_checked",

@@ -51,7 +51,7 @@ class CausalSelfAttention(nn.Module):
 class MLP(nn.Module):
     """c_fc -> GELU -> c_proj. The GELU is GPT-2's "gelu_new" (tanh approximation) or, with
     `config.activation="gelu"`, the exact erf form. Compression replaces c_fc and c_proj (and
-    may replace the MLP by a subclass that fuses them, `krony.layers.kronecker.KroneckerMLP`)."""
+    may give the MLP a subclass that runs them fused, `krony.compression.fuse_ffn`)."""
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
@@ -125,6 +125,9 @@ class KVCache:
 class GPT(nn.Module):
     """GPT-2 language model: `forward(idx, targets=None) -> (logits, loss)`."""
 
+    model_type = "krony_gpt"
+    """Its family in `krony.targets.FAMILIES` (transformers models give `config.model_type`)."""
+
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.config = config
@@ -152,6 +155,12 @@ class GPT(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.transformer.wte
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
 
     def hidden_states(self, idx: torch.Tensor, caches: list[KVCache] | None = None) -> torch.Tensor:
         """idx (B, T) token ids -> final hidden states after `ln_f`, (B, T, C).

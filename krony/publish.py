@@ -172,7 +172,7 @@ def card_text(source: Source, model, repo: str) -> str:
         lines += ["## Compression", "",
                   "| | |", "| --- | --- |",
                   f"| scheme | `{scheme}` |",
-                  f"| A, B of c_fc | {tuple(first.a_dims)}, {tuple(first.b_dims)} (c_proj: transposed) |"
+                  f"| A, B of the first factored matrix | {tuple(first.a_dims)}, {tuple(first.b_dims)} (contract matrices: transposed) |"
                   if hasattr(first, "a_dims") else f"| structure | {first.structure} |",
                   f"| factors per matrix | {getattr(first, 'factors', '-')} |",
                   f"| learned scalars | {getattr(first, 'scalars', None) is not None} |",
@@ -205,7 +205,7 @@ def card_text(source: Source, model, repo: str) -> str:
               f'model = AutoModelForCausalLM.from_pretrained("{repo}", trust_remote_code=True)',
               f'tokenizer = AutoTokenizer.from_pretrained("{repo}", trust_remote_code=True)',
               "```", "",
-              "`trust_remote_code=True` runs `modeling_krony_gpt2.py` from this repository (it imports only torch "
+              "`trust_remote_code=True` runs `modeling_krony.py` and `krony_layers.py` from this repository (they import only torch "
               "and transformers). With krony installed: `krony.GPT.from_pretrained(...)`; lm-evaluation-harness: "
               f"`lm_eval --model hf --model_args pretrained={repo},trust_remote_code=True --tasks ...`.", ""]
     if source.config_yaml:

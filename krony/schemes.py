@@ -1,9 +1,11 @@
-"""The compression schemes of the paper's Table 1 and Table 2, by name and by A dims.
+"""The compression schemes of the paper's Table 1 and Table 2, by name and by A dims, and the
+chooser of Kronecker dims for a parameter budget (any model).
 
-A scheme is the shape of A for `c_fc`, (m1, n1); `c_proj`, the transposed matrix, uses
-A = (n1, m1). The table below is the only place the rows are written; everything else
-(names by dims, B dims, parameter counts) is derived from it. Every scheme with its size,
-and the counting conventions: docs/method.md.
+A scheme is the shape of A for the FFN's *expand* matrices (GPT-2's d -> 4d), (m1, n1); the
+*contract* matrices (4d -> d) use A = (n1, m1) (roles: `krony.targets`). The table below is
+the only place the rows are written; everything else (names by dims, B dims, parameter
+counts) is derived from it. Every scheme with its size, the chooser's rules and the counting
+conventions: docs/method.md.
 """
 
 from __future__ import annotations
@@ -33,10 +35,10 @@ def _some_divisors(n: int, limit: int = 12) -> str:
 
 @dataclass(frozen=True)
 class Scheme:
-    """One row of Table 1: the A dims of `c_fc`, and the name the paper uses for it, if any."""
+    """One row of Table 1: the A dims of the expand matrices, and the name the paper uses for it, if any."""
 
     a_dims: tuple[int, int]
-    """(m1, n1): the shape of each A for `c_fc` (out=4d, in=d); `c_proj` uses (n1, m1)."""
+    """(m1, n1): the shape of each A for an expand matrix (out=4d, in=d); contract matrices use (n1, m1)."""
     name: str = ""
     """The paper's name for the row ("67m", "81m", ...); rows without one go by dims."""
 
@@ -45,23 +47,30 @@ class Scheme:
         """The registry key: the name, or "m1x n1" dims such as "64x48"."""
         return self.name or dims_key(self.a_dims)
 
-    def a_dims_for(self, module: str) -> tuple[int, int]:
-        """A dims for `c_fc` or `c_proj` (the transposed shape)."""
-        if module == "c_fc":
+    def a_dims_for(self, role: str) -> tuple[int, int]:
+        """A dims for an "expand" matrix, or the transposed shape for a "contract" one."""
+        if role == "expand":
             return self.a_dims
-        if module == "c_proj":
+        if role == "contract":
             return (self.a_dims[1], self.a_dims[0])
-        raise ValueError(f"unknown FFN module {module!r}; valid choices: c_fc, c_proj")
+        raise ValueError(f"a scheme gives A dims of the FFN's expand and contract matrices, not of a {role!r} one; "
+                         "size other matrices with ffn_fraction=")
 
-    def b_dims_for(self, module: str, n_embd: int = 768, n_inner: int = 3072) -> tuple[int, int]:
-        """B dims (m2, n2) of `module` in a model of width `n_embd` and FFN width `n_inner`."""
-        out, inp = (n_inner, n_embd) if module == "c_fc" else (n_embd, n_inner)
-        return check_dims(out, inp, self.a_dims_for(module), f"{module} weight")
+    def b_dims_for(self, role: str, n_embd: int = 768, n_inner: int = 3072) -> tuple[int, int]:
+        """B dims (m2, n2) of the `role` matrix in a model of width `n_embd` and FFN width `n_inner`."""
+        out, inp = (n_inner, n_embd) if role == "expand" else (n_embd, n_inner)
+        return check_dims(out, inp, self.a_dims_for(role), f"{role} weight")
 
     def params_per_matrix(self, factors: int = 1, n_embd: int = 768, n_inner: int = 3072) -> int:
         """Factor parameters of one FFN matrix (no scalars, no bias): r * (m1*n1 + m2*n2)."""
-        m2, n2 = self.b_dims_for("c_fc", n_embd, n_inner)
+        m2, n2 = self.b_dims_for("expand", n_embd, n_inner)
         return factors * (self.a_dims[0] * self.a_dims[1] + m2 * n2)
+
+    def params_for(self, role: str, out_features: int, in_features: int, factors: int = 1) -> int:
+        """Factor parameters of the `role` matrix of shape (out, in) under this scheme."""
+        (m1, n1) = self.a_dims_for(role)
+        m2, n2 = check_dims(out_features, in_features, (m1, n1), f"{role} weight")
+        return factors * (m1 * n1 + m2 * n2)
 
 
 def dims_key(a_dims: tuple[int, int]) -> str:
@@ -134,8 +143,83 @@ def get_scheme(scheme: str | Scheme | tuple[int, int] | list[int]) -> Scheme:
     names = [s.name for s in NAMED if s.name]
     raise ValueError(
         f"unknown scheme {scheme!r}{suggest(key, names)}: valid names: {', '.join(names)}; "
-        f"or A dims of c_fc as 'm1xn1' (Table 1 rows: {', '.join(dims_key(s.a_dims) for s in TABLE1)})"
+        f"or A dims of the FFN's expand matrix as 'm1xn1' (Table 1 rows: {', '.join(dims_key(s.a_dims) for s in TABLE1)})"
     )
+
+
+FFN_PREFIX = "ffn"
+"""`decomp=ffn50`: keep 50% of the FFN parameters (any model; Kronecker dims from `choose_dims`)."""
+
+
+def parse_fraction(decomp: object) -> float | None:
+    """The fraction of `decomp` written "ffnNN" (NN percent, e.g. ffn50, ffn12.5), else None;
+    ValueError when it starts with "ffn" but is not a percentage in (0, 100]."""
+    key = str(decomp).strip().lower()
+    if not key.startswith(FFN_PREFIX):
+        return None
+    try:
+        pct = float(key[len(FFN_PREFIX):])
+    except ValueError:
+        pct = -1.0
+    if not 0 < pct <= 100:
+        raise ValueError(f"{decomp!r}: write the FFN fraction to keep as a percentage, e.g. ffn50 or ffn12.5")
+    return pct / 100
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def max_rank(out_features: int, in_features: int, a_dims: tuple[int, int], factors: int = 1) -> int:
+    """The largest rank a sum of `factors` Kronecker products A (m1, n1) x B (m2, n2) can reach:
+    rank(A kron B) = rank(A) rank(B), so r * min(m1, n1) * min(m2, n2), capped by the matrix's."""
+    (m1, n1) = a_dims
+    m2, n2 = out_features // m1, in_features // n1
+    return min(out_features, in_features, factors * min(m1, n1) * min(m2, n2))
+
+
+def choose_dims(out_features: int, in_features: int, params: float, factors: int = 1,
+                tolerance: float = 0.02) -> tuple[int, int]:
+    """A dims (m1, n1) of a Kronecker sum of `factors` terms for an (out, in) matrix that keeps
+    about `params` factor parameters (docs/method.md, "Choosing Kronecker dims for a budget").
+
+    Candidates are the divisor pairs whose r * (m1*n1 + m2*n2) is within `tolerance` of
+    `params`; among them, in order:
+
+    1. the largest attainable rank (`max_rank`): a budget is no use if the product cannot
+       span the matrix;
+    2. B splitting only the wider side (B (k, 1) for an expand matrix, (1, k) for a contract
+       one): each A row is then a group of whole hidden neurons, and the pruning init keeps
+       whole neurons;
+    3. the parameter count nearest `params`;
+    4. the fewest multiply-adds per token (the cheaper factored path);
+    5. the larger m1 (a fixed order).
+
+    A wide matrix (out < in) is solved transposed and its answer transposed back, so a contract
+    matrix gets its expand partner's dims transposed and the pair fuses. ValueError, naming
+    the nearest attainable budgets, when no pair is within tolerance.
+    """
+    if out_features < in_features:
+        n1, m1 = choose_dims(in_features, out_features, params, factors, tolerance)
+        return m1, n1
+    r = factors
+    candidates = []
+    for m1 in _divisors(out_features):
+        for n1 in _divisors(in_features):
+            m2, n2 = out_features // m1, in_features // n1
+            count = r * (m1 * n1 + m2 * n2)
+            cost = r * min(n1 * n2 * m2 + m1 * n1 * m2, m1 * n1 * n2 + m1 * n2 * m2)
+            candidates.append((count, (m1, n1), cost, n2 == 1))
+    close = [c for c in candidates if abs(c[0] - params) <= tolerance * params]
+    if not close:
+        total = out_features * in_features
+        near = sorted({c[0] for c in candidates}, key=lambda n: abs(n - params))[:3]
+        raise ValueError(f"no Kronecker dims of ({out_features}, {in_features}) with {r} factor(s) keep "
+                         f"{params / total:.1%} of it within {tolerance:.0%}; nearest: "
+                         f"{', '.join(f'{n / total:.1%}' for n in sorted(near))} (try other factors, or structure=lowrank)")
+    best = max(close, key=lambda c: (max_rank(out_features, in_features, c[1], r), c[3], -abs(c[0] - params),
+                                     -c[2], c[1][0]))
+    return best[1]
 
 
 def max_factors(init: str, a_dims: tuple[int, int], b_dims: tuple[int, int]) -> int | None:
@@ -170,5 +254,5 @@ def check_offsets(offsets: Sequence[Sequence[int]], factors: int, b_dims: tuple[
             raise ValueError(f"prune offset ({p}, {q}) is outside B ({m2}, {n2}) of {what}: need 0 <= p < {m2}, 0 <= q < {n2}")
 
 
-__all__ = ["NAMED", "SCHEMES", "TABLE1", "Scheme", "check_dims", "check_init", "check_offsets", "dims_key", "get_scheme",
-           "max_factors"]
+__all__ = ["FFN_PREFIX", "NAMED", "SCHEMES", "TABLE1", "Scheme", "check_dims", "check_init", "check_offsets", "choose_dims",
+           "dims_key", "get_scheme", "max_factors", "max_rank", "parse_fraction"]

@@ -105,11 +105,11 @@ def _check_model(model: ModelConfig, context: Any) -> None:
         raise ConfigError("model.layers", list(model.layers),
                           f"block indices must be 0 to {dims['n_layer'] - 1}: the teacher has {dims['n_layer']} blocks")
     scheme = get_scheme(model.scheme)
-    for module in ("c_fc", "c_proj"):
+    for role in ("expand", "contract"):
         try:
-            b_dims = scheme.b_dims_for(module, dims["n_embd"], dims["n_inner"])
+            b_dims = scheme.b_dims_for(role, dims["n_embd"], dims["n_inner"])
         except ValueError as e:
-            raise ConfigError("decomp", model.scheme, f"{module}: {e}") from None
+            raise ConfigError("decomp", model.scheme, f"the FFN's {role} matrices: {e}") from None
         if model.structure == "monarch":
             m = int(model.structure_options.get("nblocks", 4))
             if dims["n_embd"] % m or dims["n_inner"] % m:
@@ -118,13 +118,13 @@ def _check_model(model: ModelConfig, context: Any) -> None:
         if model.structure != "kronecker":
             continue  # the scheme is only the budget there: its inits' limits do not apply
         try:
-            check_init(model.init, scheme.a_dims_for(module), b_dims, model.factors, what=module)
+            check_init(model.init, scheme.a_dims_for(role), b_dims, model.factors, what=f"the {role} matrices")
         except ValueError as e:
             raise ConfigError("model.factors", model.factors, f"{e}; use another init or fewer factors") from None
         offsets = model.init_options.get("offsets") if model.init == "prune" else None
         try:
             if offsets is not None:
-                check_offsets(offsets, model.factors, b_dims, module)
+                check_offsets(offsets, model.factors, b_dims, f"the {role} matrices")
         except ValueError as e:
             raise ConfigError("init.options.offsets", offsets, str(e)) from None
 

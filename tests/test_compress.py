@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from krony import STRUCTURES, GPT, GPTConfig, KroneckerLinear, compress, count_params, decompress, kronecker_layers
-from krony.hf import layers_spec
+from krony.export import layers_spec
 from krony.model import MLP
 
 # tiny_config: c_fc is (256, 64). A (128, 32) -> B (2, 2): 4 factors span every (m2, n2) slot.
@@ -69,7 +69,7 @@ def test_compressed_model_round_trips_through_save_pretrained(tiny_model, tokens
     assert layers_spec(again) == layers_spec(tiny_model)
     assert count_params(again) == count_params(tiny_model)
     torch.testing.assert_close(again(tokens)[0], tiny_model(tokens)[0], atol=0, rtol=0)
-    assert type(again.transformer.h[1].mlp).__name__ == "KroneckerMLP" and type(again.transformer.h[0].mlp) is MLP
+    assert type(again.transformer.h[1].mlp).__name__ == "FusedMLP" and type(again.transformer.h[0].mlp) is MLP
 
 
 @torch.no_grad()
@@ -88,14 +88,14 @@ def test_the_structure_interface_of_the_kronecker_layer():
     dense = nn.Linear(64, 256)
     A, B = torch.randn(3, 32, 16), torch.randn(3, 8, 4)
     W = sum(torch.kron(a, b) for a, b in zip(A, B))  # exactly 3 Kronecker products
-    layer = STRUCTURES["kronecker"].for_matrix(dense, (32, 16), "c_fc", factors=3)
+    layer = STRUCTURES["kronecker"].build(dense.in_features, dense.out_features, (32, 16), "expand", factors=3)
     layer.init_from(W, "vanloan")
     torch.testing.assert_close(layer.to_dense(), W, atol=1e-4, rtol=1e-4)
     assert layer.num_params() == 3 * (32 * 16 + 8 * 4) + 256
     assert type(layer)(**layer.spec()).A.shape == layer.A.shape
     x = torch.randn(5, 64)
     torch.testing.assert_close(layer.to_linear()(x), layer(x), atol=1e-4, rtol=1e-4)
-    with pytest.raises(ValueError, match="unknown structure 'butterfly'; valid choices: kronecker, lowrank, monarch"):
+    with pytest.raises(ValueError, match="structure='butterfly': valid choices: kronecker, lowrank, monarch"):
         compress(GPT(GPTConfig(block_size=8, vocab_size=11, n_layer=1, n_head=2, n_embd=64)), "32x16", structure="butterfly")
 
 
@@ -140,10 +140,10 @@ def test_meta_model_gets_the_structure_only(tiny_config):
     [
         (dict(scheme="80m"), "unknown scheme '80m'"),
         (dict(scheme=(100, 32)), r"A dims \(100, 32\) do not divide"),
-        (dict(init="svd"), "unknown init 'svd'; valid choices: vanloan, prune, random"),
+        (dict(init="svd"), "init='svd': not an init of kronecker; it takes vanloan, prune, random"),
         (dict(factors=0), "factors must be an integer >= 1"),
         (dict(normalise=True), r"unknown options \['normalise'\] for init 'vanloan'; valid options: \['normalize'"),
-        (dict(layers="middle"), "unknown layers 'middle'; valid choices: all, odd, even"),
+        (dict(layers="middle"), r"layers='middle': give all, odd, even or a list"),
         (dict(layers=[2]), r"layers \[2\] out of range: the model has blocks 0..1"),
         (dict(init="prune", factors=5), "at most m2\\*n2 = 4"),
     ],

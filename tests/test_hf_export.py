@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -14,52 +13,7 @@ import torch
 
 from krony import GPT, GPTConfig, compress, count_params
 
-# run by a fresh interpreter: krony is made unimportable before anything else
-SCRIPT = textwrap.dedent("""
-    import json, sys
-    sys.modules["krony"] = None  # `import krony` raises ImportError from here on
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
-
-    try:
-        import krony  # noqa: F401
-        sys.exit("krony is importable")
-    except ImportError:
-        pass
-    seen = []
-    for folder, ref in zip(sys.argv[1::2], map(torch.load, sys.argv[2::2])):
-        model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
-        with torch.no_grad():
-            logits = model(ref["idx"]).logits
-        greedy = model.generate(ref["prompt"], max_new_tokens=ref["new"], do_sample=False, pad_token_id=50256)
-        tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
-        text = pipeline("text-generation", model=model, tokenizer=tok)("Hello world", max_new_tokens=4, do_sample=False)
-        seen.append({
-            "class": type(model).__name__,
-            "params": model.num_parameters(),
-            "max_diff": (logits - ref["logits"]).abs().max().item(),
-            "greedy": greedy.tolist(),
-            "text": text[0]["generated_text"],
-            "factored": sorted(n for n, m in model.named_modules()
-                               if type(m).__name__ in ("KroneckerLinear", "LowRankLinear", "MonarchLinear")),
-        })
-    print(json.dumps(seen))
-""")
-
-
-def transformers_view(exports: list[tuple[Path, dict]], tmp_path: Path) -> list[dict]:
-    """What transformers sees of each (folder, reference) in one fresh process without krony."""
-    args = []
-    for i, (folder, ref) in enumerate(exports):
-        torch.save(ref, tmp_path / f"ref{i}.pt")
-        args += [str(folder), str(tmp_path / f"ref{i}.pt")]
-    script = tmp_path / "load.py"
-    script.write_text(SCRIPT)
-    env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    out = subprocess.run([sys.executable, str(script), *args], env=env,
-                         capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
+from no_krony import transformers_view
 
 
 @pytest.fixture
@@ -87,7 +41,7 @@ def test_transformers_loads_the_factored_model_without_krony(tmp_path):
         models.append(model)
         exports.append((model.save_pretrained(tmp_path / f"export{i}"), ref))
     for model, (_, ref), seen in zip(models, exports, transformers_view(exports, tmp_path)):
-        assert seen["class"] == "KronyGPT2LMHeadModel"
+        assert seen["class"] == "KronyForCausalLM"
         assert seen["max_diff"] < 1e-5
         assert seen["params"] == count_params(model)
         assert seen["greedy"] == model.generate(ref["prompt"], ref["new"], temperature=0.0).tolist()  # KV caches
@@ -103,7 +57,7 @@ def test_the_safetensors_file_is_the_compressed_size(small_gpt, tmp_path):
     size = (folder / "model.safetensors").stat().st_size
     assert 4 * stored <= size < 4 * stored + 20_000  # fp32 values plus the JSON header
     assert size < dense_bytes
-    assert not (tmp_path / "dense" / "modeling_krony_gpt2.py").exists()  # dense exports stay plain GPT-2
+    assert not (tmp_path / "dense" / "modeling_krony.py").exists()  # dense exports stay plain GPT-2
 
 
 def test_without_trust_remote_code_transformers_refuses_and_names_the_flag(small_gpt, tmp_path):
@@ -166,7 +120,7 @@ def test_publish_dry_run_writes_the_folder_and_a_card_the_hub_tools_read(small_g
     run = fake_run(tmp_path, small_gpt)
     assert krony_main(["publish", str(run), "--repo", "someone/krony-81m", "--dry-run", "--out", str(tmp_path / "pub")]) == 0
     folder = tmp_path / "pub"
-    assert {"README.md", "config.json", "model.safetensors", "modeling_krony_gpt2.py", "configuration_krony_gpt2.py",
+    assert {"README.md", "config.json", "model.safetensors", "modeling_krony.py", "krony_layers.py",
             "vocab.json", "merges.txt", "tokenizer_config.json"} <= {p.name for p in folder.iterdir()}
     card = ModelCard.load(folder / "README.md")
     assert card.data.license == "mit" and card.data.base_model == "openai-community/gpt2"
@@ -175,7 +129,7 @@ def test_publish_dry_run_writes_the_folder_and_a_card_the_hub_tools_read(small_g
     assert results == {"WikiText-103": 41.98, "LAMBADA": 64.92}
     text = card.text
     assert f"| `table1` | {count_params(small_gpt):,} |" in text
-    assert "| A, B of c_fc | (32, 16), (8, 4) (c_proj: transposed) |" in text and "| factors per matrix | 2 |" in text
+    assert "| A, B of the first factored matrix | (32, 16), (8, 4) (contract matrices: transposed) |" in text and "| factors per matrix | 2 |" in text
     assert "tokens seen: 24,576" in text and "python -m krony.run decomp=32x16 model.factors=2" in text
     assert "decomp: 32x16" in text and 'trust_remote_code=True' in text
     again = GPT.from_pretrained(folder)

@@ -49,8 +49,8 @@ def test_registry_has_every_row_by_name_and_dims():
         assert get_scheme(f"{dims[0]}x{dims[1]}") is SCHEMES[name]
     assert get_scheme("81m (alt)") is SCHEMES["81m_alt"]
     assert get_scheme("32x16").a_dims == (32, 16)  # dims outside the table are a custom scheme
-    assert SCHEMES["95m"].a_dims == (3072, 384) and SCHEMES["95m"].b_dims_for("c_fc") == (1, 2)
-    assert SCHEMES["95m"].b_dims_for("c_proj") == (2, 1) and SCHEMES["95m"] not in TABLE1
+    assert SCHEMES["95m"].a_dims == (3072, 384) and SCHEMES["95m"].b_dims_for("expand") == (1, 2)
+    assert SCHEMES["95m"].b_dims_for("contract") == (2, 1) and SCHEMES["95m"] not in TABLE1
 
 
 def test_prune_on_95m_keeps_the_even_input_columns():
@@ -59,11 +59,11 @@ def test_prune_on_95m_keeps_the_even_input_columns():
     from krony import prune
 
     W = torch.randn(3072, 768)
-    A, B, _ = prune(W, SCHEMES["95m"].a_dims_for("c_fc"))
+    A, B, _ = prune(W, SCHEMES["95m"].a_dims_for("expand"))
     torch.testing.assert_close(A[0], W[:, 0::2])
     torch.testing.assert_close(B[0], torch.tensor([[1.0, 0.0]]))
     Wp = torch.randn(768, 3072)
-    A, B, _ = prune(Wp, SCHEMES["95m"].a_dims_for("c_proj"))
+    A, B, _ = prune(Wp, SCHEMES["95m"].a_dims_for("contract"))
     torch.testing.assert_close(A[0], Wp[0::2, :])
     torch.testing.assert_close(B[0], torch.tensor([[1.0], [0.0]]))
 
@@ -92,7 +92,7 @@ def test_the_92m_model_counts_as_the_paper_without_wpe():
     without = model_size("mf2", factors=4, scalars=False)
     assert with_scalars - without == 4 * 2 * 12  # 96 scalars
     assert with_scalars - 1024 * 768 == 92_197_056  # wpe left out: the paper's "92.2M"
-    assert get_scheme("mf2").a_dims_for("c_proj") == (256, 1024)
+    assert get_scheme("mf2").a_dims_for("contract") == (256, 1024)
 
 
 def test_other_conventions():

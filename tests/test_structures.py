@@ -77,7 +77,7 @@ def test_a_total_parameter_budget_sizes_the_structure(structure):
         model = GPT(GPTConfig())
     compress(model, structure=structure, budget=81_972_576)
     assert abs(count_params(model) - 81_972_576) / 81_972_576 < 0.005
-    with pytest.raises(ValueError, match="sized by its scheme"):
+    with pytest.raises(ValueError, match="sized by a scheme or ffn_fraction"):
         compress(GPT(GPTConfig(n_layer=1, n_embd=64, n_head=2, vocab_size=11, block_size=8)), budget=10_000)
 
 

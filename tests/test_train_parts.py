@@ -4,7 +4,9 @@ import pytest
 import torch
 
 from krony import GPT, GPTConfig, compress, count_params
+from krony.compression import factored_layers
 from krony.config import ModelConfig
+from krony.layers import STRUCTURES
 from krony.train.build import build_student, distil_student
 from krony.train.freeze import FreezeConfig, apply_freeze
 from krony.train.optim import OptimConfig, lr_multiplier, param_groups
@@ -25,6 +27,30 @@ def test_param_groups_decay_only_weights_and_factors(tiny_model):
               "transformer.h.0.mlp.c_fc.scalars", "transformer.h.0.mlp.c_fc.bias", "transformer.ln_f.bias"):
         assert n in undecayed
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(tiny_model.parameters()))
+
+
+@pytest.mark.parametrize("structure", list(STRUCTURES))
+def test_every_structures_factor_matrices_are_decayed(tiny_model, structure):
+    """nanoGPT's rule over every registered structure: each parameter of two or more dimensions
+    except embeddings is decayed, so the equal-budget baselines train with Kronecker's recipe."""
+    compress(tiny_model, A_DIMS, init="random", structure=structure)
+    decay, no_decay = param_groups(tiny_model, 0.1)
+    decayed = {id(p) for p in decay["params"]}
+    for name, layer in factored_layers(tiny_model).items():
+        factors = [n for n, p in layer.named_parameters() if p.ndim >= 2]
+        assert len(factors) == 2 and all(id(layer.get_parameter(n)) in decayed for n in factors), (name, factors)
+        assert layer.bias is None or id(layer.bias) not in decayed
+    assert id(tiny_model.transformer.wte.weight) not in decayed and id(tiny_model.transformer.wpe.weight) not in decayed
+
+
+def test_a_transformers_models_embeddings_are_not_decayed():
+    from families import tiny_model as family_model
+
+    model = compress(family_model("llama", tie_word_embeddings=False), ffn_fraction=0.5, structure="lowrank")
+    decay, _ = param_groups(model, 0.1)
+    decayed = {id(p) for p in decay["params"]}
+    assert id(model.model.embed_tokens.weight) not in decayed and id(model.lm_head.weight) not in decayed
+    assert id(model.model.layers[0].mlp.up_proj.U) in decayed and id(model.model.layers[0].self_attn.q_proj.weight) in decayed
 
 
 def test_the_authors_decay_overrides(tiny_model):

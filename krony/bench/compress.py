@@ -12,16 +12,16 @@ from krony.config import GPTConfig
 from krony.layers.kronecker_init import rearranged
 from krony.model import GPT
 from krony.schemes import get_scheme
+from krony.targets import find_targets
 
 
 def full_svd_seconds(model: GPT, scheme: str) -> float:
     """What Van Loan took before: a full thin SVD (float64) of each rearranged FFN matrix."""
     sch = get_scheme(scheme)
     start = time.perf_counter()
-    for block in model.transformer.h:
-        for name in ("c_fc", "c_proj"):
-            R = rearranged(getattr(block.mlp, name).weight, sch.a_dims_for(name))
-            torch.linalg.svd(R.double(), full_matrices=False)
+    for t in find_targets(model):
+        R = rearranged(model.get_submodule(t.name).weight, sch.a_dims_for(t.role))
+        torch.linalg.svd(R.double(), full_matrices=False)
     return time.perf_counter() - start
 
 
@@ -36,7 +36,7 @@ def bench_compress(schemes: list[str] | None, factors: int = 1, svd: str = "exac
     for scheme in schemes or ["67m", "81m", "96m", "95m"]:
         model = copy.deepcopy(dense)
         start = time.perf_counter()
-        compress(model, scheme, "vanloan", factors, svd=svd)
+        compress(model, scheme, init="vanloan", factors=factors, svd=svd)
         seconds = time.perf_counter() - start
         row = {"scheme": get_scheme(scheme).key, "factors": factors, "svd": svd, "compress_s": seconds,
                "per_matrix_ms": 1000 * seconds / (2 * dense.config.n_layer)}

@@ -1,4 +1,4 @@
-"""One FFN pair (c_fc then c_proj) per Table-1 scheme and structure against the dense `nn.Linear` pair.
+"""One FFN pair (expand then contract matrix) per Table-1 scheme and structure against the dense `nn.Linear` pair.
 
 Forward + backward of the two linear maps of one block at `tokens` tokens, with the
 activation left out (it costs both sides the same); a factored pair runs as the model runs it
@@ -14,6 +14,7 @@ from torch import nn
 
 from krony.bench.timing import interleaved
 from krony.compression import layer_for
+from krony.config import CompressConfig
 from krony.layers.kronecker import KroneckerLinear, fusable, kron_ffn
 from krony.schemes import NAMED
 
@@ -21,14 +22,14 @@ from krony.schemes import NAMED
 def ffn_pair(scheme: str | None, n_embd: int = 768, n_inner: int = 3072, factors: int = 1,
              device: str = "cpu", dtype: torch.dtype = torch.float32, structure: str = "kronecker",
              match: str = "params") -> tuple[nn.Module, nn.Module]:
-    """(c_fc, c_proj): `nn.Linear`s for scheme None, else layers of `structure` at the scheme
+    """(expand, contract): `nn.Linear`s for scheme None, else layers of `structure` at the scheme
     (Kronecker: its dims; lowrank / monarch: its budget by `match`)."""
     kw = {"device": device, "dtype": dtype}
     fc, proj = nn.Linear(n_embd, n_inner, **kw), nn.Linear(n_inner, n_embd, **kw)
     if scheme is None:
         return fc, proj
-    return tuple(layer_for(dense, name, structure, scheme, factors, match=match)[0]
-                 for dense, name in ((fc, "c_fc"), (proj, "c_proj")))
+    cfg = CompressConfig(structure=structure, scheme=scheme, factors=factors, match=match)
+    return tuple(layer_for(dense, role, cfg)[0] for dense, role in ((fc, "expand"), (proj, "contract")))
 
 
 def pair_step(fc: nn.Module, proj: nn.Module, x: torch.Tensor, compile: bool = False):

@@ -8,19 +8,24 @@ W, `to_dense()`, cost per token, parameter count, a spec to rebuild it.
 - `lowrank`: W = U V, rank r, the truncated-SVD init.
 - `monarch`: two block-diagonal factors with a permutation (Dao et al. 2022), the block-SVD projection.
 
-A new structure subclasses `FactoredLinear` and registers in `STRUCTURES`; `krony.compress`
-and the Hugging Face files (`krony.hf`) then handle it.
+A new structure subclasses `FactoredLinear` and gets a line in the registry
+(`krony.structures.REGISTRY`), which `STRUCTURES` below, the configs and the exported remote
+code read; `krony.compress` and the Hugging Face files (`krony.hf`) then handle it.
 """
 
 from __future__ import annotations
+
+import importlib
 
 from krony.layers.base import FactoredLinear, check_factors
 from krony.layers.kronecker import KroneckerLinear
 from krony.layers.lowrank import LowRankLinear
 from krony.layers.monarch import MonarchLinear
+from krony.structures import REGISTRY
 
-STRUCTURES: dict[str, type[FactoredLinear]] = {cls.structure: cls for cls in (KroneckerLinear, LowRankLinear, MonarchLinear)}
-"""Every structure by the name configs and saved models use."""
+STRUCTURES: dict[str, type[FactoredLinear]] = {
+    name: getattr(importlib.import_module(spec.module), spec.cls) for name, spec in REGISTRY.items()}
+"""Every structure's layer class by the name configs and saved models use (the registry's)."""
 
 
 def get_structure(name: str | type[FactoredLinear]) -> type[FactoredLinear]:

@@ -4,15 +4,16 @@ need nothing else (docs/method.md, "Structures").
 A structure is an `nn.Module` that stands in for one `nn.Linear` (weight (out, in), optional
 bias) and offers:
 
-- `for_matrix(dense, scheme, module, **options)`: construct it, empty, for one FFN matrix of a
-  model, sized by a scheme (a name or dims; what a scheme means is the structure's business;
-  the default sizes a structure to the scheme's parameter count through its `size_for`);
+- `build(in, out, size, role, **options)`: construct it, empty, for one matrix of a model,
+  sized by a parameter count or a scheme (what a scheme means is the structure's business;
+  the default sizes a structure to the count through its `size_for`);
 - `init_from(W, method, **options)`: set its factors from a dense weight W (out, in);
 - `to_dense()`: the weight it represents, (out, in);
 - `multiply_adds()`: its cost per token, in multiply-adds, on the path its forward takes;
 - `num_params()`: its parameter count (bias included);
 - `spec()`: the keyword arguments that rebuild it (saved in config.json);
-- `mlp_class`: the MLP subclass that runs a pair of these fused (None: the plain MLP);
+- `fused_ffn(x, expand, contract, act, gated)`: the FFN run in one pass when the structure can
+  (None: the FFN runs its layers one after the other);
 - `stored_as_weight`: which of its parameters saved files keep under `<module>.weight`.
 """
 
@@ -33,17 +34,16 @@ def random_std(std: float, terms: int) -> float:
     return math.sqrt(std / math.sqrt(terms))
 
 
-def per_matrix_budget(scheme: Any, in_features: int, out_features: int, module: str, factors: int = 1) -> int:
-    """Parameters one FFN matrix may take: an int is the count itself; a scheme (name or dims) gives
-    its Kronecker count with `factors` for this matrix (`c_fc` is (n_inner, n_embd), `c_proj` the transpose)."""
-    if isinstance(scheme, int) and not isinstance(scheme, bool):
-        if scheme < 1:
-            raise ValueError(f"a parameter budget must be >= 1 per matrix, got {scheme}")
-        return scheme
+def budget_of(size: Any, role: str, in_features: int, out_features: int, factors: int = 1) -> int:
+    """Parameters one matrix may take: an int `size` is the count itself; a scheme (name, dims
+    or `Scheme`) gives its Kronecker count with `factors` for this matrix and `role`."""
+    if isinstance(size, int) and not isinstance(size, bool):
+        if size < 1:
+            raise ValueError(f"a parameter budget must be >= 1 per matrix, got {size}")
+        return size
     from krony.schemes import get_scheme
 
-    n_embd, n_inner = (in_features, out_features) if module == "c_fc" else (out_features, in_features)
-    return get_scheme(scheme).params_per_matrix(factors, n_embd, n_inner)
+    return get_scheme(size).params_for(role, out_features, in_features, factors)
 
 
 class FactoredLinear(nn.Module):
@@ -51,8 +51,8 @@ class FactoredLinear(nn.Module):
 
     structure: ClassVar[str] = ""
     """The structure's name in `krony.layers.STRUCTURES` and in saved configs."""
-    mlp_class: ClassVar[type[nn.Module] | None] = None
-    """An MLP subclass that fuses a c_fc/c_proj pair of this structure; None: the plain MLP."""
+    inits: ClassVar[tuple[str, ...]] = ()
+    """The inits it takes, from the registry (`krony.structures.REGISTRY`)."""
     stored_as_weight: ClassVar[str] = ""
     """The parameter saved files keep under the dense weight's key (`<module>.weight`), so a
     loader that expects a dense matrix stops on its shape (`krony.hf.to_hf_state_dict`)."""
@@ -61,19 +61,19 @@ class FactoredLinear(nn.Module):
     bias: nn.Parameter | None
 
     @classmethod
-    def for_matrix(cls, dense: nn.Linear, scheme: Any, module: str, factors: int = 1, scalars: bool = False,
-                   path: str = "auto", **size_options: Any) -> "FactoredLinear":
-        """An uninitialised layer for the FFN matrix `dense` (`module` is "c_fc" or "c_proj"),
-        on its device and dtype, sized by `scheme`.
+    def build(cls, in_features: int, out_features: int, size: Any, role: str, bias: bool = True,
+              device: torch.device | str | None = None, dtype: torch.dtype | None = None, factors: int = 1,
+              scalars: bool = False, path: str = "auto", **size_options: Any) -> "FactoredLinear":
+        """An uninitialised layer for an (out, in) matrix of `role` (`krony.targets.ROLES`), sized
+        by `size`: a parameter count, or a scheme (name, dims or `Scheme`) whose Kronecker count
+        for this matrix is the budget.
 
         This default serves the structures sized to a budget: `size_for(in, out, params,
-        **size_options)` gives the constructor's size for the parameter count of `scheme`
-        (`per_matrix_budget`); `scalars` and `path` are Kronecker's and unused here. Kronecker,
-        whose scheme sets its dims, overrides it."""
-        target = per_matrix_budget(scheme, dense.in_features, dense.out_features, module, factors)
-        W = dense.weight
-        return cls(dense.in_features, dense.out_features, bias=dense.bias is not None, device=W.device, dtype=W.dtype,
-                   **cls.size_for(dense.in_features, dense.out_features, target, **size_options))
+        **size_options)` gives the constructor's size; `factors` only sizes a scheme's budget,
+        `scalars` and `path` are Kronecker's and unused here. Kronecker overrides it."""
+        target = budget_of(size, role, in_features, out_features, factors)
+        return cls(in_features, out_features, bias=bias, device=device, dtype=dtype,
+                   **cls.size_for(in_features, out_features, target, **size_options))
 
     @staticmethod
     def size_for(in_features: int, out_features: int, params: float, **size_options: Any) -> dict[str, int]:
@@ -96,6 +96,13 @@ class FactoredLinear(nn.Module):
         """Keyword arguments of the constructor that rebuild this layer (without its values)."""
         raise NotImplementedError
 
+    @staticmethod
+    def fused_ffn(x: torch.Tensor, expand: list[nn.Module], contract: nn.Module, act: Any,
+                  gated: bool) -> torch.Tensor | None:
+        """contract(act(e0(x)) [* e1(x)]) in one pass for a FFN of these layers (`gated`: SwiGLU),
+        or None when this structure has no fused path for them (the FFN then runs as usual)."""
+        return None
+
     def num_params(self) -> int:
         """Parameters of the layer, bias included."""
         return sum(p.numel() for p in self.parameters())
@@ -112,4 +119,4 @@ class FactoredLinear(nn.Module):
         return lin
 
 
-__all__ = ["FactoredLinear", "check_factors", "per_matrix_budget", "random_std"]
+__all__ = ["FactoredLinear", "budget_of", "check_factors", "random_std"]

@@ -29,7 +29,8 @@ the tokens of a call and left out of the count.
 The factored paths run with the N tokens in the middle of the activation,
 (n1, N, n2) -> (m1, N, m2) (`kron_matmul_factored`): each product is then one
 large GEMM, forward and backward, with no layout copies, and `kron_ffn` keeps
-an MLP's hidden state in that layout between c_fc and c_proj.
+an FFN's hidden state in that layout between its expand and contract matrices (SwiGLU's
+gate and up included).
 """
 
 from __future__ import annotations
@@ -43,8 +44,8 @@ from torch import nn
 
 from krony.layers.base import FactoredLinear, check_factors, random_std
 from krony.layers.kronecker_init import get_init
-from krony.model import MLP
-from krony.schemes import check_dims, get_scheme
+from krony.schemes import check_dims, choose_dims, get_scheme
+from krony.structures import REGISTRY
 
 Path = Literal["b_first", "a_first", "dense"]
 PATHS: tuple[str, ...] = ("b_first", "a_first", "dense")
@@ -172,7 +173,7 @@ def kron_matmul_factored(
     With N between the two factor dims, both products are single large GEMMs (tokens
     merge with the dim that is not contracted), so no layout copies are needed in the
     forward or the backward, and the output of one layer is the input layout of the next
-    (c_fc's (m1, m2) is c_proj's (n1, n2)). A dim of 1 turns a product into a broadcast
+    (an expand layer's (m1, m2) is its contract partner's (n1, n2)). A dim of 1 turns a product into a broadcast
     multiply instead of a K=1 GEMM, and the bias (m1*m2,) is fused into the last product
     where one op can take it. r factors are r GEMM pairs summed; `path` is "a_first" or
     "b_first" (see `path_costs`).
@@ -263,6 +264,7 @@ class KroneckerLinear(FactoredLinear):
 
     structure = "kronecker"
     stored_as_weight = "A"
+    inits = REGISTRY["kronecker"].inits
 
     def __init__(
         self,
@@ -404,13 +406,23 @@ class KroneckerLinear(FactoredLinear):
         return path_costs(self.m1, self.n1, self.m2, self.n2, self.active_factors)[self.chosen_path]
 
     @classmethod
-    def for_matrix(cls, dense: nn.Linear, scheme: Any, module: str, **options: Any) -> "KroneckerLinear":
-        """An uninitialised layer for `dense` with the A dims of `scheme` for `module` (c_proj
-        takes c_fc's A dims transposed); `options`: factors, scalars, path."""
-        a_dims = get_scheme(scheme).a_dims_for(module)
-        W = dense.weight
-        return cls(dense.in_features, dense.out_features, a_dims, bias=dense.bias is not None,
-                   device=W.device, dtype=W.dtype, **options)
+    def build(cls, in_features: int, out_features: int, size: Any, role: str, bias: bool = True,
+              device: torch.device | str | None = None, dtype: torch.dtype | None = None,
+              **options: Any) -> "KroneckerLinear":
+        """An uninitialised layer for an (out, in) matrix of `role`: A dims from a scheme (a contract
+        matrix takes the expand dims transposed), or for a parameter count from `choose_dims`;
+        `options`: factors, scalars, path."""
+        if isinstance(size, int) and not isinstance(size, bool):
+            a_dims = choose_dims(out_features, in_features, size, options.get("factors", 1))
+        else:
+            a_dims = get_scheme(size).a_dims_for(role)
+        return cls(in_features, out_features, a_dims, bias=bias, device=device, dtype=dtype, **options)
+
+    @staticmethod
+    def fused_ffn(x: torch.Tensor, expand: list[nn.Module], contract: nn.Module, act: Any,
+                  gated: bool) -> torch.Tensor | None:
+        """`kron_ffn` when the layers are `fusable`, else None."""
+        return kron_ffn(x, expand, contract, act, gated) if fusable(expand, contract) else None
 
     def init_from(self, W: torch.Tensor, method: str = "vanloan", **options: Any) -> None:
         """Factors from the dense weight W (out, in) by a Kronecker init (`krony.layers.kronecker_init`)."""
@@ -440,48 +452,39 @@ def check_init_options(fn: Any, options: dict[str, Any]) -> None:
         raise ValueError(f"unknown options {unknown} for init {getattr(fn, '__name__', fn)!r}; valid options: {valid}")
 
 
-def fusable(fc: nn.Module, proj: nn.Module) -> bool:
-    """Whether `kron_ffn` can run fc -> proj without leaving the token-middle layout."""
-    return (
-        isinstance(fc, KroneckerLinear)
-        and isinstance(proj, KroneckerLinear)
-        and (fc.m1, fc.m2) == (proj.n1, proj.n2)
-        and "dense" not in (fc.chosen_path, proj.chosen_path)
-    )
+def fusable(expand: nn.Module | list[nn.Module], contract: nn.Module) -> bool:
+    """Whether `kron_ffn` can run the expand layer(s) and `contract` without leaving the
+    token-middle layout: all Kronecker on a factored path, the expand layers with one shape,
+    and the contract layer's input factorisation their output's."""
+    expand = list(expand) if isinstance(expand, (list, tuple)) else [expand]
+    layers = [*expand, contract]
+    if not all(isinstance(m, KroneckerLinear) and m.chosen_path != "dense" for m in layers):
+        return False
+    first = expand[0]
+    return (all((m.a_dims, m.b_dims) == (first.a_dims, first.b_dims) for m in expand)
+            and (first.m1, first.m2) == (contract.n1, contract.n2))
 
 
-def kron_ffn(x: torch.Tensor, fc: KroneckerLinear, proj: KroneckerLinear, act=None) -> torch.Tensor:
-    """proj(act(fc(x))) for x (..., in) with one layout change in and one out (see `fusable`).
+def kron_ffn(x: torch.Tensor, expand: KroneckerLinear | list[KroneckerLinear], contract: KroneckerLinear,
+             act: Any = None, gated: bool = False) -> torch.Tensor:
+    """contract(act(e0(x))) for x (..., in), or with `gated` contract(act(e0(x)) * e1(x)) (SwiGLU),
+    with one layout change in and one out (see `fusable`).
 
-    The hidden activations stay (m1, N, m2): c_fc's output factorisation is c_proj's input
-    factorisation, and an elementwise `act` does not care about the order of features.
+    The hidden activations stay (m1, N, m2): the expand layers' output factorisation is the
+    contract layer's input factorisation, and an elementwise `act` or product does not care
+    about the order of features.
     """
-    h = fc.forward_factored(to_factored(x, fc.n1, fc.n2))  # (m1, N, m2)
+    expand = list(expand) if isinstance(expand, (list, tuple)) else [expand]
+    xp = to_factored(x, expand[0].n1, expand[0].n2)  # (n1, N, n2)
+    h = expand[0].forward_factored(xp)  # (m1, N, m2)
     if act is not None:
         h = act(h)
-    return from_factored(proj.forward_factored(h), x.shape[:-1])  # (..., out)
-
-
-class KroneckerMLP(MLP):
-    """GPT-2's MLP whose c_fc and c_proj are `KroneckerLinear`: a fusable pair runs through
-    `kron_ffn`, anything else as the plain MLP. It takes over the layers of an existing MLP
-    (litgpt's pattern: the structure subclasses the base block, the model does not know it)."""
-
-    def __init__(self, mlp: MLP) -> None:
-        nn.Module.__init__(self)
-        self.c_fc, self.c_proj, self.dropout, self.act = mlp.c_fc, mlp.c_proj, mlp.dropout, mlp.act
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if fusable(self.c_fc, self.c_proj):  # hidden state stays in the factored layout
-            return self.dropout(kron_ffn(x, self.c_fc, self.c_proj, self.act))
-        return super().forward(x)
-
-
-KroneckerLinear.mlp_class = KroneckerMLP
+    if gated:
+        h = h * expand[1].forward_factored(xp)
+    return from_factored(contract.forward_factored(h), x.shape[:-1])  # (..., out)
 
 
 __all__ = [
-    "KroneckerMLP",
     "check_init_options",
     "compute_dtype",
     "from_factored",

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from krony.layers.base import FactoredLinear, check_factors, random_std
+from krony.structures import REGISTRY
 
 
 OPTIMAL = ("svd", "vanloan")
@@ -24,6 +25,7 @@ class LowRankLinear(FactoredLinear):
     """y = x Vᵀ Uᵀ + b: `U` (out, r), `V` (r, in), `bias` (out,)."""
 
     structure = "lowrank"
+    inits = REGISTRY["lowrank"].inits
     stored_as_weight = "U"
 
     def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True,

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from krony.layers.base import FactoredLinear, check_factors, random_std
+from krony.structures import REGISTRY
 
 OPTIMAL = ("project", "vanloan")
 """Names of the optimal init; `vanloan` so that a sweep's `init=vanloan` means the best start of every structure."""
@@ -29,6 +30,7 @@ class MonarchLinear(FactoredLinear):
     """y = Monarch(L, R) x + b: `R` (m, m·b, in/m), `L` (m, out/m, m·b), `bias` (out,)."""
 
     structure = "monarch"
+    inits = REGISTRY["monarch"].inits
     stored_as_weight = "R"
 
     def __init__(self, in_features: int, out_features: int, nblocks: int = 4, block_rank: int = 1, bias: bool = True,

@@ -68,9 +68,7 @@ def build_student(cfg: ModelConfig, seed: int = 0, keep_teacher: bool = False) -
     else:
         student = copy.deepcopy(teacher) if keep_teacher else teacher
         if cfg.kind == "krony":
-            compress(student, cfg.scheme, cfg.init, cfg.factors, cfg.scalars, cfg.layers, progress=True,
-                     structure=cfg.structure, structure_options=cfg.structure_options or None, match=cfg.structure_match,
-                     **cfg.init_options)
+            compress(student, config=cfg.compress_config(), progress=True)
     set_dropout(student, cfg.dropout)
     if cfg.activation is not None:
         set_activation(student, cfg.activation)

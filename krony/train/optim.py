@@ -7,38 +7,30 @@ import torch
 from torch import nn
 
 from krony.config import SCHEDULES, OptimConfig
-from krony.layers.kronecker import KroneckerLinear
+from krony.layers import FactoredLinear
+from krony.targets import embedding_params
 
 
 def named_parts(model: nn.Module) -> dict[str, list[nn.Parameter]]:
-    """The parameters `OptimConfig.decay_overrides` can name: wte (tied with lm_head), wpe and
-    the Kronecker scalars."""
-    parts: dict[str, list[nn.Parameter]] = {"wte": [], "wpe": [], "scalars": []}
-    transformer = getattr(model, "transformer", None)
-    if transformer is not None:
-        parts["wte"].append(transformer.wte.weight)
-        parts["wpe"].append(transformer.wpe.weight)
-    parts["scalars"] = [m.scalars for m in model.modules() if isinstance(m, KroneckerLinear) and m.scalars is not None]
+    """The parameters `OptimConfig.decay_overrides` can name: wte (the input embedding, tied with
+    the output one where the model ties them), wpe (learned positions, where the family has
+    them) and the factored layers' scalars."""
+    inputs, _ = embedding_params(model)
+    parts: dict[str, list[nn.Parameter]] = {"wte": inputs[:1], "wpe": inputs[1:], "scalars": []}
+    parts["scalars"] = [m.scalars for m in model.modules()
+                        if isinstance(m, FactoredLinear) and getattr(m, "scalars", None) is not None]
     return parts
 
 
 def param_groups(model: nn.Module, weight_decay: float, overrides: dict[str, float] | None = None) -> list[dict]:
-    """AdamW groups: decay on `nn.Linear` weights and Kronecker factors A, B; none on biases,
-    norms, embeddings and scalars (selected by module type, not by parameter name); then the
-    parts named in `overrides` ({"wte": 0.01, ...}) move to a group with their own decay."""
-    decay: dict[int, nn.Parameter] = {}
-    for module in model.modules():
-        if isinstance(module, nn.Linear):
-            decay[id(module.weight)] = module.weight
-        elif isinstance(module, KroneckerLinear):
-            decay[id(module.A)], decay[id(module.B)] = module.A, module.B
-    # embeddings are not decayed, the output embedding (lm_head, tied or not) included
-    for module in model.modules():
-        if isinstance(module, nn.Embedding):
-            decay.pop(id(module.weight), None)
-    head = getattr(model, "lm_head", None)
-    if head is not None:
-        decay.pop(id(head.weight), None)
+    """AdamW groups, nanoGPT's rule: decay on every parameter with two or more dimensions (dense
+    weight matrices and every structure's factor matrices: Kronecker A, B; low-rank U, V; Monarch
+    L, R), none on biases, norms and scalars, nor on the embeddings (input, learned positions and
+    output, tied or not); then the parts named in `overrides` ({"wte": 0.01, ...}) move to a
+    group with their own decay."""
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    embeddings |= {id(p) for group in embedding_params(model) for p in group}
+    decay = {id(p): p for p in model.parameters() if p.ndim >= 2 and id(p) not in embeddings}
     special: dict[int, float] = {}
     parts = named_parts(model)
     for part, wd in (overrides or {}).items():

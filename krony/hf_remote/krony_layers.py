@@ -1,25 +1,21 @@
-"""A GPT-2 whose FFN matrices are factored: sums of Kronecker products (Krony-PT), low-rank or
-Monarch, for transformers' remote code: `AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)`.
+"""The factored layers of a krony export, for transformers' remote code (`modeling_krony.py`).
 
-Written by krony into every compressed export; it imports only torch and transformers, so the
-folder loads where krony is not installed. The model is transformers' own `GPT2LMHeadModel`
-(attention, KV cache, masks, generation, pipelines) with each factored `c_fc` / `c_proj`
-replaced by its structure's layer, which computes x @ W^T + b without building W. Everything
-else keeps GPT-2's layout and keys.
+Written by krony into every compressed export; it imports only torch, so the folder loads
+where krony is not installed. Each class computes x @ W^T + b without building W and keeps
+the factor named in its docstring under `weight` (the dense weight's key), so a loader that
+expects a dense matrix stops on its shape. config.json names each layer's class
+(`krony_layers`), from krony's structure registry.
 """
 
 import torch
 from torch import nn
-from transformers import GPT2LMHeadModel
-
-from .configuration_krony_gpt2 import KronyGPT2Config
 
 
 class KroneckerLinear(nn.Module):
     """y = x W^T + b with W = sum_i s_i kron(A_i, B_i); A (r, m1, n1), B (r, m2, n2).
 
     A token x of n1*n2 features is read as X (n1, n2) and y = sum_i s_i A_i X B_i^T, (m1, m2).
-    A is stored as `weight` (under the dense weight's key): plain `GPT2LMHeadModel` then stops
+    A is stored as `weight` (under the dense weight's key): the family's plain class then stops
     on its shape instead of loading this folder with random FFN weights.
     """
 
@@ -85,30 +81,5 @@ class MonarchLinear(nn.Module):
         return y if self.bias is None else y + self.bias.to(y.dtype)
 
 
-STRUCTURES = {"kronecker": KroneckerLinear, "lowrank": LowRankLinear, "monarch": MonarchLinear}
-
-
-class KronyGPT2LMHeadModel(GPT2LMHeadModel):
-    """GPT-2 with the factored layers of `config.krony_layers` in place of its dense FFN matrices."""
-
-    config: KronyGPT2Config
-    config_class = KronyGPT2Config
-
-    def __init__(self, config):
-        super().__init__(config)
-        for name, spec in config.krony_layers.items():
-            spec = dict(spec)
-            structure = spec.pop("structure", "kronecker")
-            if structure not in STRUCTURES:
-                raise ValueError(f"{name}: structure {structure!r} is not supported by this file; "
-                                 f"known: {', '.join(STRUCTURES)}")
-            parent, _, child = name.rpartition(".")
-            setattr(self.get_submodule(parent), child, STRUCTURES[structure](**spec))
-
-    def _init_weights(self, module):
-        if isinstance(module, tuple(STRUCTURES.values())):  # overwritten by the checkpoint; a valid start otherwise
-            for p in module.parameters():
-                if p is not module.bias:
-                    nn.init.normal_(p, std=0.02 ** 0.5)
-            return
-        super()._init_weights(module)
+LAYERS = {name: obj for name, obj in list(globals().items()) if isinstance(obj, type) and issubclass(obj, nn.Module)}
+"""Every layer class above by name (config.json's `krony_layers` names one per module)."""

@@ -1,0 +1,140 @@
+"""Load any transformers causal LM as a teacher or a compressed model: a hub id, a saved
+directory (dense, or a krony export of any family) or a `.gguf` file.
+
+A GGUF file loads dequantised to float (transformers needs the packages `gguf` and
+`accelerate`); the model then forgets the quantizer, so it trains and saves as a float model.
+A krony export of a transformers family (`model_type: krony_<family>`) is rebuilt with krony's
+own layers, so it trains, nests and saves again; transformers without krony loads the same
+folder through its remote code (`krony.export`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from krony.export import LAYERS_KEY, PREFIX, restored_state_dict
+
+GGUF = ".gguf"
+
+
+def split_gguf(spec: str | os.PathLike) -> tuple[Path, str] | None:
+    """(folder, file name) of a `.gguf` path, else None."""
+    path = Path(spec).expanduser()
+    return (path.parent, path.name) if path.suffix.lower() == GGUF else None
+
+
+def _forget_quantizer(model: nn.Module) -> nn.Module:
+    """A GGUF model's weights are dequantised floats: drop what marks it quantised."""
+    model.hf_quantizer = None
+    for attr in ("is_quantized", "quantization_method"):
+        if attr in model.__dict__:
+            del model.__dict__[attr]
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    return model
+
+
+def load_config(spec: str | os.PathLike) -> Any:
+    """The transformers config of a hub id, directory or `.gguf` file, without the weights."""
+    from transformers import AutoConfig
+
+    gguf = split_gguf(spec)
+    if gguf is not None:
+        _check_file(gguf)
+        return AutoConfig.from_pretrained(gguf[0], gguf_file=gguf[1])
+    d = _read_local_config(spec)
+    if d is not None and d.get(LAYERS_KEY):
+        return _base_config(d)
+    _check_local(spec)
+    return AutoConfig.from_pretrained(str(spec))
+
+
+def load_tokenizer(spec: str | os.PathLike) -> Any:
+    """The tokenizer of a hub id, directory or `.gguf` file."""
+    from transformers import AutoTokenizer
+
+    gguf = split_gguf(spec)
+    if gguf is not None:
+        _check_file(gguf)
+        return AutoTokenizer.from_pretrained(gguf[0], gguf_file=gguf[1])
+    return AutoTokenizer.from_pretrained(str(spec))
+
+
+def load_causal_lm(spec: str | os.PathLike, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """A transformers causal LM (in `dtype`) from a hub id, a directory or a `.gguf` file; a krony
+    export comes back with krony's factored layers."""
+    from transformers import AutoModelForCausalLM
+
+    gguf = split_gguf(spec)
+    if gguf is not None:
+        _check_file(gguf)
+        model = AutoModelForCausalLM.from_pretrained(gguf[0], gguf_file=gguf[1], dtype=dtype)
+        return _forget_quantizer(model).eval()
+    d = _read_local_config(spec)
+    if d is not None and d.get(LAYERS_KEY):
+        return load_export(Path(spec), d, dtype)
+    _check_local(spec)
+    return AutoModelForCausalLM.from_pretrained(str(spec), dtype=dtype).eval()
+
+
+def _check_local(spec: str | os.PathLike) -> None:
+    """ValueError for a path that does not exist (rather than a hub lookup of it)."""
+    from krony.hub import looks_like_path
+
+    if looks_like_path(str(spec)) and not Path(spec).expanduser().exists():
+        raise ValueError(f"no such file or directory: {spec}")
+
+
+def _check_file(gguf: tuple[Path, str]) -> None:
+    if not (gguf[0] / gguf[1]).is_file():
+        raise ValueError(f"no such GGUF file: {gguf[0] / gguf[1]}")
+
+
+def _read_local_config(spec: str | os.PathLike) -> dict[str, Any] | None:
+    from krony.hf import read_config
+
+    path = Path(spec).expanduser() / "config.json"
+    return read_config(path) if path.is_file() else None
+
+
+def _base_config(d: dict[str, Any]) -> Any:
+    """The family's own config class for a krony export's config.json dict (krony keys dropped)."""
+    from transformers import AutoConfig
+
+    base = str(d["model_type"]).removeprefix(PREFIX)
+    fields = {k: v for k, v in d.items() if k not in (LAYERS_KEY, "auto_map", "architectures", "model_type")}
+    return AutoConfig.for_model(base, **fields)
+
+
+def load_export(folder: Path, d: dict[str, Any], dtype: torch.dtype = torch.float32) -> nn.Module:
+    """A krony export of a transformers family, in its family's class with krony's layers."""
+    from transformers import AutoModelForCausalLM
+
+    from krony.compression import install
+    from krony.hf import read_weights, state_dict_problems
+    from krony.hub import WEIGHT_FILES
+    from krony.layers import get_structure
+
+    weights = next((folder / n for n in WEIGHT_FILES if (folder / n).exists()), None)
+    if weights is None:
+        raise ValueError(f"no weights in {folder}: expected one of {', '.join(WEIGHT_FILES)}")
+    model = AutoModelForCausalLM.from_config(_base_config(d))
+    install(model, {name: get_structure(spec["structure"])(**{k: v for k, v in spec.items() if k not in ("class", "structure")})
+                    for name, spec in d[LAYERS_KEY].items()})
+    sd = restored_state_dict(read_weights(weights), d[LAYERS_KEY])
+    head = model.get_output_embeddings()
+    tied = {n for n, p in model.named_parameters(remove_duplicate=False)
+            if head is not None and p is head.weight and n not in sd}  # the model ties it itself
+    problems = state_dict_problems({k: v for k, v in model.state_dict().items() if k not in tied}, sd)
+    if problems:
+        raise ValueError(f"{weights} does not fit its config.json: " + "; ".join(problems))
+    model.load_state_dict(sd, strict=False)
+    return model.to(dtype).eval()
+
+
+__all__ = ["GGUF", "load_causal_lm", "load_config", "load_export", "load_tokenizer", "split_gguf"]
