@@ -231,8 +231,8 @@ class CompressConfig:
     """kronecker | lowrank | monarch (`krony.structures.REGISTRY`)."""
     scheme: Any = None
     """A scheme name ("81m"), A dims of the expand matrices ("768x768" or [768, 768]; contract
-    matrices take them transposed), or "ffnNN" (= ffn_fraction NN/100). Lowrank and monarch are
-    sized to its Kronecker parameter count."""
+    matrices take them transposed), "ffnNN" (= ffn_fraction NN/100), or an int: parameters per
+    matrix. Lowrank and monarch are sized to its Kronecker parameter count."""
     ffn_fraction: float | None = None
     """Keep this fraction of every targeted matrix's parameters, in (0, 1]: Kronecker dims from
     `krony.schemes.choose_dims`, the others' rank from their parameter count."""
@@ -282,7 +282,7 @@ class CompressConfig:
                 raise ConfigError("scheme", self.scheme, str(e)) from None
             if fraction is not None:
                 self.scheme, self.ffn_fraction = None, fraction if self.ffn_fraction is None else self.ffn_fraction
-        if self.scheme is not None:
+        if self.scheme is not None and not isinstance(self.scheme, int):  # an int: parameters per matrix
             from krony.schemes import get_scheme
 
             try:
