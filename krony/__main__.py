@@ -25,10 +25,9 @@ from krony.compression import CONVENTIONS, compress, count_params, decompress, f
 from krony.config import MATCHES, PRESETS, CompressConfig, ConfigError, GPTConfig
 from krony.export import save_pretrained
 from krony.layers import STRUCTURES
-from krony.layers.kronecker import path_costs
 from krony.layers.kronecker_init import INITS
 from krony.model import GPT
-from krony.schemes import NAMED, dims_key
+from krony.schemes import NAMED, dims_key, path_costs
 from krony.targets import dense_weight, find_targets, get_family
 
 FRACTIONS = (0.5, 0.25, 0.125)
@@ -108,8 +107,7 @@ def model_schemes_table(spec: str, fractions: Sequence[float] = FRACTIONS, facto
                  f"| {counts['table1']:,} | 1.000 | {counts['no_output_embedding']:,} | {counts['non_embedding']:,} |")
     for fraction in fractions:
         for structure in STRUCTURES:
-            with torch.device("meta"):
-                model = meta_model(spec)
+            model = meta_model(spec)
             try:
                 compress(model, structure=structure, ffn_fraction=fraction, factors=factors, init="random")
             except ValueError as e:
@@ -217,10 +215,11 @@ def cmd_compress(args: argparse.Namespace) -> int:
         print(f"  parameters ({c}): {n:,}  (dense {dense_counts[c]:,}, {n / dense_counts[c]:.1%})")
     print(f"  FFN weight relative error (mean over matrices): {_relative_error(weights, model):.4f}")
     print(f"  max |logits change| on one random sequence: {(logits_after - logits_before).abs().max().item():.4f}")
+    tokenizer = _tokenizer(args) if args.out or args.dense_out else None
     if args.out:
-        print(f"  saved compressed model to {save_pretrained(model, args.out, _tokenizer(args))}")
+        print(f"  saved compressed model to {save_pretrained(model, args.out, tokenizer)}")
     if args.dense_out:
-        print(f"  saved dense (decompressed) model to {save_pretrained(decompress(model), args.dense_out, _tokenizer(args))}")
+        print(f"  saved dense (decompressed) model to {save_pretrained(decompress(model), args.dense_out, tokenizer)}")
     return 0
 
 

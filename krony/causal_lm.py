@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from krony.export import LAYERS_KEY, PREFIX, restored_state_dict
+from krony.export import LAYERS_KEY, PREFIX, layers_from_spec, restored_state_dict
 
 GGUF = ".gguf"
 
@@ -62,6 +62,7 @@ def load_tokenizer(spec: str | os.PathLike) -> Any:
     if gguf is not None:
         _check_file(gguf)
         return AutoTokenizer.from_pretrained(gguf[0], gguf_file=gguf[1])
+    _check_local(spec)
     return AutoTokenizer.from_pretrained(str(spec))
 
 
@@ -118,15 +119,14 @@ def load_export(folder: Path, d: dict[str, Any], dtype: torch.dtype = torch.floa
     from krony.compression import install
     from krony.hf import read_weights, state_dict_problems
     from krony.hub import WEIGHT_FILES
-    from krony.layers import get_structure
 
     weights = next((folder / n for n in WEIGHT_FILES if (folder / n).exists()), None)
     if weights is None:
         raise ValueError(f"no weights in {folder}: expected one of {', '.join(WEIGHT_FILES)}")
     model = AutoModelForCausalLM.from_config(_base_config(d))
-    install(model, {name: get_structure(spec["structure"])(**{k: v for k, v in spec.items() if k not in ("class", "structure")})
-                    for name, spec in d[LAYERS_KEY].items()})
-    sd = restored_state_dict(read_weights(weights), d[LAYERS_KEY])
+    layers = layers_from_spec(d[LAYERS_KEY])
+    install(model, layers)
+    sd = restored_state_dict(read_weights(weights), layers)
     head = model.get_output_embeddings()
     tied = {n for n, p in model.named_parameters(remove_duplicate=False)
             if head is not None and p is head.weight and n not in sd}  # the model ties it itself

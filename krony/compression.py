@@ -169,8 +169,8 @@ def install(model: nn.Module, layers: dict[str, FactoredLinear]) -> nn.Module:
     return model
 
 
-_FUSED: dict[type, type] = {}
-"""The fused subclass of each FFN module class made so far (`fused_class`)."""
+_FUSED: dict[tuple[type, Family], type] = {}
+"""The fused subclass of each (FFN module class, family) made so far (`fused_class`)."""
 
 
 def fused_class(base: type[nn.Module], family: Family) -> type[nn.Module]:
@@ -179,8 +179,8 @@ def fused_class(base: type[nn.Module], family: Family) -> type[nn.Module]:
 
     The subclass adds no state, so an FFN changes class in place (`module.__class__`) and its
     state-dict keys stay the same; `unfuse_ffn` changes it back."""
-    if base in _FUSED:
-        return _FUSED[base]
+    if (base, family) in _FUSED:
+        return _FUSED[base, family]
     expand_names, contract_name = family.ffn_parts()
     act, gated, dropout = family.act, family.gated, family.dropout
 
@@ -195,7 +195,7 @@ def fused_class(base: type[nn.Module], family: Family) -> type[nn.Module]:
 
     cls = type(f"Fused{base.__name__}", (base,), {"forward": forward, "_krony_base": base,
                                                   "__doc__": f"{base.__name__} running its factored layers fused."})
-    _FUSED[base] = cls
+    _FUSED[base, family] = cls
     return cls
 
 

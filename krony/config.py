@@ -69,6 +69,21 @@ def check_factors(factors: Any, key: str = "factors") -> int:
     return int(factors)
 
 
+def check_init_for(structure: str, init: str) -> None:
+    """`ConfigError` unless `structure` takes the init `init` (the registry's `inits`)."""
+    inits = REGISTRY[structure].inits
+    if init not in inits:
+        raise ConfigError("init", init, f"not an init of {structure}; it takes {', '.join(inits)} "
+                          "(vanloan: its optimal projection)")
+
+
+def check_layers(layers: Any) -> None:
+    """`ConfigError` unless `layers` is a named set of blocks or a non-empty list of block indices."""
+    if not (layers in LAYER_SETS or isinstance(layers, (list, tuple)) and layers
+            and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in layers)):
+        raise ConfigError("layers", layers, f"give {', '.join(LAYER_SETS)} or a list of block indices such as [0, 2, 4]")
+
+
 def check_choice(key: str, value: Any, choices: typing.Sequence[str]) -> None:
     """`ConfigError` unless `value` is one of `choices` (with a suggestion when one is close)."""
     if value not in choices:
@@ -267,28 +282,21 @@ class CompressConfig:
         self.structure_options, self.init_options = dict(self.structure_options or {}), dict(self.init_options or {})
         if self.structure == "kronecker":
             self.match = "params"  # a Kronecker layer is its own scheme: nothing to match
-        if self.init not in REGISTRY[self.structure].inits and not callable(self.init):
-            raise ConfigError("init", self.init, f"not an init of {self.structure}; it takes "
-                              f"{', '.join(REGISTRY[self.structure].inits)} (vanloan: its optimal projection)")
+        if not callable(self.init):
+            check_init_for(self.structure, self.init)
         self.factors = check_factors(self.factors)
-        if isinstance(self.scheme, (tuple, list)):
+        if isinstance(self.scheme, list):
             self.scheme = tuple(self.scheme)
-        if self.scheme is not None and not isinstance(self.scheme, tuple):
-            from krony.schemes import parse_fraction
+        from krony.schemes import get_scheme, parse_fraction
 
-            try:
-                fraction = parse_fraction(self.scheme)
-            except ValueError as e:
-                raise ConfigError("scheme", self.scheme, str(e)) from None
+        try:
+            fraction = parse_fraction(self.scheme) if isinstance(self.scheme, str) else None
             if fraction is not None:
                 self.scheme, self.ffn_fraction = None, fraction if self.ffn_fraction is None else self.ffn_fraction
-        if self.scheme is not None and not isinstance(self.scheme, int):  # an int: parameters per matrix
-            from krony.schemes import get_scheme
-
-            try:
+            elif self.scheme is not None and not isinstance(self.scheme, int):  # an int: parameters per matrix
                 get_scheme(self.scheme)
-            except ValueError as e:
-                raise ConfigError("scheme", self.scheme, str(e)) from None
+        except ValueError as e:
+            raise ConfigError("scheme", self.scheme, str(e)) from None
         sizes = [k for k in ("scheme", "ffn_fraction", "budget") if getattr(self, k) is not None]
         if len(sizes) > 1:
             raise ConfigError(sizes[1], getattr(self, sizes[1]), f"give one size: {sizes[0]} is set too")
@@ -307,9 +315,7 @@ class CompressConfig:
             raise ConfigError("match", self.match, "flops-matching sizes to a scheme's Kronecker layers; give scheme=")
         if self.attention and self.scheme is not None:
             raise ConfigError("attention", True, "a scheme sizes the FFN matrices only; size attention with ffn_fraction=")
-        if not (self.layers in LAYER_SETS or isinstance(self.layers, (list, tuple)) and self.layers
-                and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in self.layers)):
-            raise ConfigError("layers", self.layers, f"give {', '.join(LAYER_SETS)} or a list of block indices such as [0, 2, 4]")
+        check_layers(self.layers)
 
 
 @dataclass
@@ -357,9 +363,8 @@ class ModelConfig:
     def compress_config(self) -> CompressConfig:
         """What `krony.compress` does to the teacher for this model."""
         return CompressConfig(structure=self.structure, scheme=self.scheme, init=self.init,
-                              init_options=dict(self.init_options), factors=self.factors, scalars=self.scalars,
-                              layers=self.layers, structure_options=dict(self.structure_options),
-                              match=self.structure_match)
+                              init_options=self.init_options, factors=self.factors, scalars=self.scalars,
+                              layers=self.layers, structure_options=self.structure_options, match=self.structure_match)
 
     @staticmethod
     def type_advice(name: str, value: Any) -> str:
@@ -390,18 +395,13 @@ class ModelConfig:
             check_choice("init", self.init, INIT_METHODS)
             check_choice("structure", self.structure, STRUCTURE_NAMES)
             check_choice("structure_match", self.structure_match, MATCHES)
-            if self.init not in REGISTRY[self.structure].inits:
-                raise ConfigError("init", self.init, f"not an init of {self.structure}; it takes "
-                                  f"{', '.join(REGISTRY[self.structure].inits)} (vanloan: its optimal projection)")
+            check_init_for(self.structure, self.init)
             unknown = sorted(set(self.init_options) - set(INIT_OPTIONS[self.init]))
             if unknown:
                 raise ConfigError(f"init_options.{unknown[0]}", self.init_options[unknown[0]],
                                   f"not an option of init {self.init}; valid: {', '.join(INIT_OPTIONS[self.init])}")
             self.factors = check_factors(self.factors)
-            layers = self.layers
-            if not (layers in LAYER_SETS or isinstance(layers, (list, tuple)) and layers
-                    and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in layers)):
-                raise ConfigError("layers", layers, f"give {', '.join(LAYER_SETS)} or a list of block indices such as [0, 2, 4]")
+            check_layers(self.layers)
 
 
 @dataclass

@@ -32,13 +32,12 @@ from torch import nn
 from krony.compression import factored_layers
 from krony.fileio import atomic_write, write_text
 from krony.structures import REGISTRY
+from krony.targets import EXPORT_PREFIX as PREFIX
 
 REMOTE_CODE = Path(__file__).parent / "hf_remote"
 """transformers remote-code files copied into compressed exports (they import only torch and transformers)."""
 LAYERS_KEY = "krony_layers"
 """config.json key of the factored layers: {module name: {"class", "structure", **spec}}."""
-PREFIX = "krony_"
-"""Prefix of a compressed export's `model_type` before the family's."""
 _BASE_LINE = re.compile(r"^from transformers import .* as BaseConfig, .* as BaseModel  # krony: base classes$", re.M)
 _TYPE_LINE = re.compile(r'^MODEL_TYPE = ".*"  # krony: base model type$', re.M)
 
@@ -85,11 +84,17 @@ def stored_state_dict(model: nn.Module, state: dict[str, torch.Tensor] | None = 
     return out
 
 
-def restored_state_dict(sd: dict[str, torch.Tensor], layers: dict[str, dict[str, Any]]) -> dict[str, torch.Tensor]:
-    """Undo `stored_state_dict`'s renaming for the factored `layers` of a config."""
+def layers_from_spec(layers: dict[str, dict[str, Any]]) -> dict[str, nn.Module]:
+    """The factored layers a config's `krony_layers` records, built empty: the inverse of `layers_spec`."""
     from krony.layers import get_structure
 
-    stored = {f"{name}.weight": f"{name}.{get_structure(spec['structure']).stored_as_weight}" for name, spec in layers.items()}
+    return {name: get_structure(spec["structure"])(**{k: v for k, v in spec.items() if k not in ("class", "structure")})
+            for name, spec in layers.items()}
+
+
+def restored_state_dict(sd: dict[str, torch.Tensor], layers: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
+    """Undo `stored_state_dict`'s renaming for the factored `layers` ({module name: layer})."""
+    stored = {f"{name}.weight": f"{name}.{layer.stored_as_weight}" for name, layer in layers.items()}
     return {stored.get(k, k): v for k, v in sd.items()}
 
 
@@ -127,5 +132,6 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike, tokenizer: A
     return out
 
 
-__all__ = ["LAYERS_KEY", "REMOTE_CODE", "compressed_config", "layers_spec", "remote_code", "restored_state_dict",
+__all__ = ["LAYERS_KEY", "REMOTE_CODE", "compressed_config", "layers_from_spec", "layers_spec", "remote_code",
+           "restored_state_dict",
            "save_pretrained", "stored_state_dict", "write_folder"]

@@ -31,10 +31,9 @@ from torch import nn
 
 from krony.compression import install
 from krony.config import GPTConfig
-from krony.export import LAYERS_KEY, compressed_config, stored_state_dict, write_folder
+from krony.export import LAYERS_KEY, compressed_config, layers_from_spec, stored_state_dict, write_folder
 from krony.fileio import InvalidFile, describe_load_error, torch_load
 from krony.hub import WEIGHT_FILES, looks_like_path, model_files
-from krony.layers import get_structure
 from krony.model import GPT
 
 TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -279,14 +278,13 @@ def load_model(name_or_path: str | os.PathLike, **overrides: Any) -> GPT:
     else:
         weights, cfg_path = model_files(str(name_or_path))
     cfg_dict = read_config(cfg_path) if cfg_path else {}
-    layers = {name: (get_structure(spec["structure"]), {k: v for k, v in spec.items() if k not in ("structure", "class")})
-              for name, spec in saved_layers(cfg_dict).items()}
-    sd = from_hf_state_dict(read_weights(weights), {name: cls.stored_as_weight for name, (cls, _) in layers.items()})
+    layers = layers_from_spec(saved_layers(cfg_dict))
+    sd = from_hf_state_dict(read_weights(weights), {name: layer.stored_as_weight for name, layer in layers.items()})
     config = config_from_hf(cfg_dict, **overrides) if cfg_dict else config_from_state_dict(sd, **overrides)
     model = GPT(config)
     if not cfg_dict:
         _check_dense_weights(model, sd, weights)
-    install(model, {name: cls(**spec) for name, (cls, spec) in layers.items()})
+    install(model, layers)
     load_state_dict_checked(model, sd)
     return model
 

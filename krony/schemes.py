@@ -4,8 +4,8 @@ chooser of Kronecker dims for a parameter budget (any model).
 A scheme is the shape of A for the FFN's *expand* matrices (GPT-2's d -> 4d), (m1, n1); the
 *contract* matrices (4d -> d) use A = (n1, m1) (roles: `krony.targets`). The table below is
 the only place the rows are written; everything else (names by dims, B dims, parameter
-counts) is derived from it. Every scheme with its size, the chooser's rules and the counting
-conventions: docs/method.md.
+counts) is derived from it. Every scheme with its size and the counting conventions:
+docs/method.md; the chooser's rules: docs/families.md.
 """
 
 from __future__ import annotations
@@ -170,6 +170,16 @@ def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
+def path_costs(m1: int, n1: int, m2: int, n2: int, factors: int = 1) -> dict[str, int]:
+    """Multiply-adds per token of each forward path of a Kronecker layer for A (m1, n1), B (m2, n2)
+    and r factors (docs/performance.md; `krony.layers.kronecker.choose_path` picks from them)."""
+    return {
+        "b_first": factors * (n1 * n2 * m2 + m1 * n1 * m2),
+        "a_first": factors * (m1 * n1 * n2 + m1 * n2 * m2),
+        "dense": m1 * m2 * n1 * n2,
+    }
+
+
 def max_rank(out_features: int, in_features: int, a_dims: tuple[int, int], factors: int = 1) -> int:
     """The largest rank a sum of `factors` Kronecker products A (m1, n1) x B (m2, n2) can reach:
     rank(A kron B) = rank(A) rank(B), so r * min(m1, n1) * min(m2, n2), capped by the matrix's."""
@@ -181,7 +191,7 @@ def max_rank(out_features: int, in_features: int, a_dims: tuple[int, int], facto
 def choose_dims(out_features: int, in_features: int, params: float, factors: int = 1,
                 tolerance: float = 0.02) -> tuple[int, int]:
     """A dims (m1, n1) of a Kronecker sum of `factors` terms for an (out, in) matrix that keeps
-    about `params` factor parameters (docs/method.md, "Choosing Kronecker dims for a budget").
+    about `params` factor parameters (docs/families.md, "Choosing Kronecker dims for a budget").
 
     Candidates are the divisor pairs whose r * (m1*n1 + m2*n2) is within `tolerance` of
     `params`; among them, in order:
@@ -208,7 +218,8 @@ def choose_dims(out_features: int, in_features: int, params: float, factors: int
         for n1 in _divisors(in_features):
             m2, n2 = out_features // m1, in_features // n1
             count = r * (m1 * n1 + m2 * n2)
-            cost = r * min(n1 * n2 * m2 + m1 * n1 * m2, m1 * n1 * n2 + m1 * n2 * m2)
+            costs = path_costs(m1, n1, m2, n2, r)
+            cost = min(costs["a_first"], costs["b_first"])
             candidates.append((count, (m1, n1), cost, n2 == 1))
     close = [c for c in candidates if abs(c[0] - params) <= tolerance * params]
     if not close:
@@ -255,4 +266,4 @@ def check_offsets(offsets: Sequence[Sequence[int]], factors: int, b_dims: tuple[
 
 
 __all__ = ["FFN_PREFIX", "NAMED", "SCHEMES", "TABLE1", "Scheme", "check_dims", "check_init", "check_offsets", "choose_dims",
-           "dims_key", "get_scheme", "max_factors", "max_rank", "parse_fraction"]
+           "dims_key", "get_scheme", "max_factors", "max_rank", "parse_fraction", "path_costs"]

@@ -10,7 +10,7 @@ transformers' `model_type` (krony's own `GPT` is `krony_gpt`). For each it recor
 - *contract*: d_ff -> d_model (`c_proj`, `down_proj`).
 
 A Kronecker scheme gives the A dims of the expand matrices; contract matrices take them
-transposed, so a block's pair shares its hidden factorisation (docs/method.md, "Families").
+transposed, so a block's pair shares its hidden factorisation (docs/families.md).
 A user filter overrides the table as peft's `target_modules` does: a list of names (a module
 matches when its name ends with one of them) or one regular expression (full match); a
 module the table does not give a role gets one from its shape (wider output: expand).
@@ -22,6 +22,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
+EXPORT_PREFIX = "krony_"
+"""A krony export's `model_type` is its family's with this prefix (`krony_llama`)."""
 ROLES = ("expand", "contract", "square")
 """What a matrix does to the width: d -> wider (expand), wider -> d (contract), d -> d (square)."""
 
@@ -91,9 +93,7 @@ FAMILIES: dict[str, Family] = {
                   ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj"),
                   positions="model.decoder.embed_positions", ffn=None),
 }
-"""Every family krony knows, by transformers' `model_type`."""
-for _name, _family in list(FAMILIES.items()):  # exports keep the family's name under krony_<type>
-    FAMILIES.setdefault(f"krony_{_name}", _family)
+"""Every family krony knows, by transformers' `model_type` (a krony export's `EXPORT_PREFIX` + type is its family's)."""
 
 
 @dataclass(frozen=True)
@@ -119,10 +119,11 @@ def family_name(model: Any) -> str:
 def get_family(model: Any, required: bool = True) -> Family | None:
     """The table's entry for `model`; ValueError naming the known families (or None) when it has none."""
     name = family_name(model)
-    if name in FAMILIES:
-        return FAMILIES[name]
+    family = FAMILIES.get(name) or FAMILIES.get(name.removeprefix(EXPORT_PREFIX))
+    if family is not None:
+        return family
     if required:
-        known = ", ".join(k for k in FAMILIES if not k.startswith("krony_"))
+        known = ", ".join(FAMILIES)
         raise ValueError(f"krony has no module table for model type {name!r} (known: {known}); "
                          f"name the matrices to compress with targets=[...] (module names or a regex)")
     return None
@@ -219,5 +220,5 @@ def embedding_params(model: Any) -> tuple[list[Any], list[Any]]:
     return inputs, [] if head is None else [head.weight]
 
 
-__all__ = ["FAMILIES", "ROLES", "Family", "Target", "dense_weight", "embedding_params", "family_name", "find_targets",
+__all__ = ["EXPORT_PREFIX", "FAMILIES", "ROLES", "Family", "Target", "dense_weight", "embedding_params", "family_name", "find_targets",
            "get_family", "n_blocks", "weight_shape"]

@@ -36,10 +36,9 @@ class KronyForCausalLM(BaseModel):
     def __init__(self, config):
         super().__init__(config)
         for name, spec in config.krony_layers.items():
-            spec = {k: v for k, v in spec.items() if k not in ("class", "structure")}
-            cls = LAYERS[config.krony_layers[name]["class"]]
+            cls = LAYERS[spec["class"]]
             parent, _, child = name.rpartition(".")
-            setattr(self.get_submodule(parent), child, cls(**spec))
+            setattr(self.get_submodule(parent), child, cls(**{k: v for k, v in spec.items() if k not in ("class", "structure")}))
 
     def _init_weights(self, module):
         if isinstance(module, tuple(LAYERS.values())):  # overwritten by the checkpoint; a valid start otherwise

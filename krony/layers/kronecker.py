@@ -44,20 +44,11 @@ from torch import nn
 
 from krony.layers.base import FactoredLinear, check_factors, random_std
 from krony.layers.kronecker_init import get_init
-from krony.schemes import check_dims, choose_dims, get_scheme
+from krony.schemes import check_dims, choose_dims, get_scheme, path_costs
 from krony.structures import REGISTRY
 
 Path = Literal["b_first", "a_first", "dense"]
 PATHS: tuple[str, ...] = ("b_first", "a_first", "dense")
-
-
-def path_costs(m1: int, n1: int, m2: int, n2: int, factors: int = 1) -> dict[str, int]:
-    """Multiply-adds per token of each forward path for A (m1, n1), B (m2, n2) and r factors."""
-    return {
-        "b_first": factors * (n1 * n2 * m2 + m1 * n1 * m2),
-        "a_first": factors * (m1 * n1 * n2 + m1 * n2 * m2),
-        "dense": m1 * m2 * n1 * n2,
-    }
 
 
 def choose_path(m1: int, n1: int, m2: int, n2: int, factors: int = 1) -> str:

@@ -16,10 +16,8 @@ def named_parts(model: nn.Module) -> dict[str, list[nn.Parameter]]:
     the output one where the model ties them), wpe (learned positions, where the family has
     them) and the factored layers' scalars."""
     inputs, _ = embedding_params(model)
-    parts: dict[str, list[nn.Parameter]] = {"wte": inputs[:1], "wpe": inputs[1:], "scalars": []}
-    parts["scalars"] = [m.scalars for m in model.modules()
-                        if isinstance(m, FactoredLinear) and getattr(m, "scalars", None) is not None]
-    return parts
+    scalars = [m.scalars for m in model.modules() if isinstance(m, FactoredLinear) and getattr(m, "scalars", None) is not None]
+    return {"wte": inputs[:1], "wpe": inputs[1:], "scalars": scalars}
 
 
 def param_groups(model: nn.Module, weight_decay: float, overrides: dict[str, float] | None = None) -> list[dict]:
