@@ -14,13 +14,13 @@ from __future__ import annotations
 import argparse
 import functools
 import sys
-from pathlib import Path
 from typing import Sequence
 
 import torch
 
 from torch import nn
 
+from krony.causal_lm import is_gpt2_preset, load_model
 from krony.compression import CONVENTIONS, compress, count_params, decompress, factored_layers, model_size
 from krony.config import MATCHES, PRESETS, CompressConfig, ConfigError, GPTConfig
 from krony.export import save_pretrained
@@ -51,11 +51,6 @@ def schemes_table() -> str:
         )
     rows.append(f"\nDense GPT-2 small: {dense_size:,} parameters (Table-1 convention).")
     return "\n".join(rows)
-
-
-def is_gpt2_preset(name: str) -> bool:
-    """Whether `name` is a GPT-2 size krony builds itself (gpt2, distilgpt2, gpt2-medium, ...)."""
-    return name.split("/")[-1].lower() in PRESETS
 
 
 def meta_model(spec: str) -> nn.Module:
@@ -151,19 +146,12 @@ def structure_table(structure: str, match: str = "params") -> str:
 
 
 def _load(args: argparse.Namespace) -> nn.Module:
-    if args.random_weights:
-        if not is_gpt2_preset(args.model):
-            raise ValueError(f"--random-weights builds a GPT-2 preset ({', '.join(PRESETS)}), not {args.model!r}")
-        torch.manual_seed(args.seed)
-        return GPT(GPTConfig.from_preset(args.model))
-    from krony.causal_lm import load_causal_lm
-    from krony.hf import read_config
-
-    cfg = Path(args.model).expanduser() / "config.json"
-    gpt2_folder = cfg.is_file() and read_config(cfg).get("model_type") in ("gpt2", "krony_gpt2")
-    if is_gpt2_preset(args.model) or gpt2_folder or args.model.endswith((".safetensors", ".bin", ".pt")):
-        return GPT.from_pretrained(args.model)  # GPT-2 runs as krony's own GPT
-    return load_causal_lm(args.model)
+    if not args.random_weights:
+        return load_model(args.model)
+    if not is_gpt2_preset(args.model):
+        raise ValueError(f"--random-weights builds a GPT-2 preset ({', '.join(PRESETS)}), not {args.model!r}")
+    torch.manual_seed(args.seed)
+    return GPT(GPTConfig.from_preset(args.model))
 
 
 @torch.no_grad()

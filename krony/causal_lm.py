@@ -20,6 +20,30 @@ from torch import nn
 from krony.export import LAYERS_KEY, PREFIX, layers_from_spec, restored_state_dict
 
 GGUF = ".gguf"
+GPT2_TYPES = ("gpt2", "krony_gpt2")
+"""config.json model types krony runs as its own `GPT` (krony's GPT-2 exports included)."""
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
+"""A bare weights file: a GPT-2 state dict (`krony.GPT.from_pretrained`)."""
+
+
+def is_gpt2_preset(name: str) -> bool:
+    """Whether `name` is a GPT-2 size krony builds itself (gpt2, distilgpt2, gpt2-medium, ...)."""
+    from krony.config import PRESETS
+
+    return str(name).split("/")[-1].lower() in PRESETS
+
+
+def load_model(spec: str | os.PathLike) -> nn.Module:
+    """Any model krony compresses: GPT-2 (a preset name, a GPT-2 folder, a weights file or a folder
+    of weights without config.json) as krony's own `GPT`, everything else as a transformers causal
+    LM (`load_causal_lm`)."""
+    from krony.model import GPT
+
+    d = _read_local_config(spec)
+    bare = Path(spec).expanduser().is_dir() and d is None  # weights without config.json: GPT-2's is inferred
+    gpt2 = (is_gpt2_preset(str(spec)) or str(spec).endswith(WEIGHT_SUFFIXES) or bare
+            or (d or {}).get("model_type") in GPT2_TYPES)
+    return GPT.from_pretrained(spec) if gpt2 else load_causal_lm(spec)
 
 
 def split_gguf(spec: str | os.PathLike) -> tuple[Path, str] | None:
@@ -137,4 +161,4 @@ def load_export(folder: Path, d: dict[str, Any], dtype: torch.dtype = torch.floa
     return model.to(dtype).eval()
 
 
-__all__ = ["GGUF", "load_causal_lm", "load_config", "load_export", "load_tokenizer", "split_gguf"]
+__all__ = ["GGUF", "GPT2_TYPES", "is_gpt2_preset", "load_model", "load_causal_lm", "load_config", "load_export", "load_tokenizer", "split_gguf"]

@@ -331,7 +331,8 @@ class ModelConfig:
     teacher_config: dict[str, Any] | None = None
     """For teacher=None: {"preset": "gpt2", ...GPTConfig overrides}, e.g. n_layer=2 for smoke runs."""
     scheme: str = "81m"
-    """krony: a scheme name (`python -m krony schemes`) or A dims of the expand matrices as "m1xn1"; set by `decomp=`."""
+    """krony: a scheme name (`python -m krony schemes`), A dims of the expand matrices as "m1xn1", or
+    "ffnNN" (keep NN% of the FFN parameters; Kronecker dims from the chooser); set by `decomp=`."""
     init: str = "vanloan"
     """krony: vanloan | prune | random (vanloan: each structure's optimal projection)."""
     structure: str = "kronecker"
@@ -375,10 +376,10 @@ class ModelConfig:
 
         guess = f"{value:g}m"
         close = f" (did you mean {guess}?)" if any(s.name == guess for s in NAMED) else ""
-        return f", a scheme name or A dims such as 81m or 768x768{close}"
+        return f", a scheme name, A dims or an FFN fraction such as 81m, 768x768 or ffn50{close}"
 
     def __post_init__(self) -> None:
-        from krony.schemes import get_scheme
+        from krony.schemes import get_scheme, parse_fraction
 
         check_choice("kind", self.kind, KINDS)
         if self.teacher is None and not self.teacher_config:
@@ -389,7 +390,8 @@ class ModelConfig:
             raise ConfigError("dropout", self.dropout, "must be in [0, 1)")
         if self.kind == "krony":
             try:
-                get_scheme(self.scheme)
+                if parse_fraction(self.scheme) is None:
+                    get_scheme(self.scheme)
             except ValueError as e:
                 raise ConfigError("scheme", self.scheme, str(e)) from None
             check_choice("init", self.init, INIT_METHODS)

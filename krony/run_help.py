@@ -19,6 +19,7 @@ combination. A job started again continues where it stopped; a finished one is s
 
   python -m krony.run experiment=smoke                          offline CPU smoke run
   python -m krony.run -m decomp=67m,81m,96m init=vanloan,prune  six jobs
+  python -m krony.run -m decomp=ffn50 structure=kronecker,lowrank,monarch   50% of the FFN, three structures
   python -m krony.run trainer=cpu model.teacher=/path/to/gpt2   a local teacher, on the CPU
   python -m krony.run --help init                                every option of a group
   python -m krony.run --cfg job experiment=smoke                 the composed config (Hydra)

@@ -90,7 +90,7 @@ def _check_teacher(teacher: str | None) -> None:
 
 def _check_model(model: ModelConfig, context: Any) -> None:
     """The model against its teacher: context, blocks, the scheme's dims and the init's limits."""
-    from krony.schemes import check_init, check_offsets, get_scheme
+    from krony.schemes import check_dims, check_init, check_offsets, choose_dims, get_scheme, parse_fraction
 
     if not isinstance(context, int) or isinstance(context, bool):
         raise ConfigError("context", context, "sequence length must be an integer, e.g. 1024")
@@ -104,21 +104,26 @@ def _check_model(model: ModelConfig, context: Any) -> None:
     if not isinstance(model.layers, str) and not all(i < dims["n_layer"] for i in model.layers):
         raise ConfigError("model.layers", list(model.layers),
                           f"block indices must be 0 to {dims['n_layer'] - 1}: the teacher has {dims['n_layer']} blocks")
-    scheme = get_scheme(model.scheme)
+    fraction = parse_fraction(model.scheme)
     for role in ("expand", "contract"):
-        try:
-            b_dims = scheme.b_dims_for(role, dims["n_embd"], dims["n_inner"])
-        except ValueError as e:
-            raise ConfigError("decomp", model.scheme, f"the FFN's {role} matrices: {e}") from None
+        out, inp = (dims["n_inner"], dims["n_embd"]) if role == "expand" else (dims["n_embd"], dims["n_inner"])
         if model.structure == "monarch":
             m = int(model.structure_options.get("nblocks", 4))
             if dims["n_embd"] % m or dims["n_inner"] % m:
                 raise ConfigError("structure.options.nblocks", m, f"must divide both FFN dims ({dims['n_embd']}, "
                                   f"{dims['n_inner']})")
+        if fraction is not None and model.structure != "kronecker":
+            continue  # sized by its own rank: any fraction fits
+        try:
+            a_dims = (choose_dims(out, inp, fraction * out * inp, model.factors) if fraction is not None
+                      else get_scheme(model.scheme).a_dims_for(role))
+            b_dims = check_dims(out, inp, a_dims, f"{role} weight")
+        except ValueError as e:
+            raise ConfigError("decomp", model.scheme, f"the FFN's {role} matrices: {e}") from None
         if model.structure != "kronecker":
             continue  # the scheme is only the budget there: its inits' limits do not apply
         try:
-            check_init(model.init, scheme.a_dims_for(role), b_dims, model.factors, what=f"the {role} matrices")
+            check_init(model.init, a_dims, b_dims, model.factors, what=f"the {role} matrices")
         except ValueError as e:
             raise ConfigError("model.factors", model.factors, f"{e}; use another init or fewer factors") from None
         offsets = model.init_options.get("offsets") if model.init == "prune" else None

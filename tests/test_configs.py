@@ -45,6 +45,22 @@ def test_decomp_takes_any_scheme_by_name_or_dims(tmp_path):
     assert cfg.run_name == "32x16-vanloan-r1" and model_size(cfg.model.scheme) > 0
 
 
+@pytest.mark.parametrize("structure", ["kronecker", "lowrank", "monarch"])
+def test_decomp_ffn_keeps_that_fraction_of_the_ffn(tmp_path, structure):
+    """`decomp=ffnNN`: the FFN fraction, for every structure; the run name is the canonical spelling."""
+    from krony.compression import factored_layers
+    from krony.validate import problems
+
+    cfg = make_cfg(tmp_path, ["decomp=FFN25.0", f"structure={structure}"])
+    assert problems(cfg) == []
+    tag = "" if structure == "kronecker" else f"-{structure}"
+    assert cfg.run_name == f"ffn25{tag}-vanloan-r1"
+    layers = factored_layers(build_module(cfg).student)
+    kept = sum(m.num_params() - m.bias.numel() for m in layers.values())
+    dense = sum(m.in_features * m.out_features for m in layers.values())
+    assert abs(kept / dense - 0.25) < 0.02 * 0.25
+
+
 @pytest.mark.parametrize("group", ["init", "freeze", "distill", "model", "optim", "code", "structure"])
 def test_module_builds_for_every_option(tmp_path, group):
     for option in options(group):

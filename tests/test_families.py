@@ -172,3 +172,15 @@ def test_exports_of_every_family_and_structure_load_in_transformers_without_kron
         assert seen["greedy"] == ref["greedy"], (family, structure)
         assert seen["factored"] == sorted(factored_layers(model)), (family, structure)
         assert seen["text"].startswith("Hello world")
+
+
+def test_load_model_runs_gpt2_as_krony_gpt_and_any_other_family_in_its_transformers_class(tmp_path):
+    from krony import GPT, GPTConfig
+    from krony.causal_lm import load_model
+
+    GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, vocab_size=64, block_size=16)).save_pretrained(tmp_path / "gpt")
+    tiny_model("qwen2").save_pretrained(tmp_path / "qwen2")
+    assert type(load_model(tmp_path / "gpt")) is GPT
+    assert type(load_model(tmp_path / "qwen2")).__name__ == "Qwen2ForCausalLM"
+    with pytest.raises(ValueError, match="no such file or directory"):
+        load_model(tmp_path / "nowhere")

@@ -296,8 +296,8 @@ def test_a_one_document_corpus_trains_with_a_share_held_out(tmp_path):
     (["-m", "experiment=smoke", "init=vanloan,prnue"], "error: init=prnue: no such option (did you mean prune?)"),
     (["experiment=smoke", "model.factor=2"], "error: model.factor=2: unknown key (did you mean model.factors?); "
                                              "the keys under model are"),
-    (["experiment=smoke", "decomp=81"], "error: decomp=81: must be a string, a scheme name or A dims such as 81m or "
-                                        "768x768 (did you mean 81m?)"),
+    (["experiment=smoke", "decomp=81"], "error: decomp=81: must be a string, a scheme name, A dims or an FFN fraction "
+                                        "such as 81m, 768x768 or ffn50 (did you mean 81m?)"),
     (["experiment=smoke", "decomp=Eighty"], "error: decomp='Eighty': unknown scheme 'Eighty'"),
 ])
 def test_typos_are_one_krony_line_with_the_closest_option_and_leave_no_directory(tmp_path, args, expected):

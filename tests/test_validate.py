@@ -29,6 +29,15 @@ def test_unknown_scheme(tmp_path):
     assert e.key == "decomp" and e.value == "85m" and "valid names: 67m" in str(e)
 
 
+def test_ffn_fractions(tmp_path):
+    assert problems(make_cfg(tmp_path, ["decomp=ffn50", "init=prune"])) == []
+    e = error_for(tmp_path, ["decomp=ffn150"])
+    assert e.key == "decomp" and "as a percentage, e.g. ffn50" in str(e)
+    e = error_for(tmp_path, ["decomp=ffn0.01"])  # no Kronecker dims of GPT-2's FFN keep 0.01%
+    assert e.key == "decomp" and "within 2%; nearest:" in str(e)
+    assert problems(make_cfg(tmp_path, ["decomp=ffn0.01", "structure=lowrank"])) == []  # rank 1 is near enough
+
+
 def test_structure_rules(tmp_path):
     e = error_for(tmp_path, ["structure=lowrank", "init=prune"])
     assert e.key == "init.method" and "not an init of lowrank; it takes vanloan, random" in str(e)

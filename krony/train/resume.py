@@ -35,11 +35,13 @@ NOT_IDENTITY = (
 
 
 def canonical_scheme(value: Any) -> Any:
-    """A scheme as its canonical key (`81M` and `768x768` -> `81m`); a value that is no scheme as it is."""
-    from krony.schemes import get_scheme
+    """A scheme as its canonical key (`81M` and `768x768` -> `81m`, `FFN50.0` -> `ffn50`); a value that
+    is no scheme as it is."""
+    from krony.schemes import FFN_PREFIX, get_scheme, parse_fraction
 
     try:
-        return get_scheme(str(value)).key
+        fraction = parse_fraction(value)
+        return f"{FFN_PREFIX}{100 * fraction:g}" if fraction is not None else get_scheme(str(value)).key
     except ValueError:
         return value
 
