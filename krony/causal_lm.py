@@ -33,17 +33,21 @@ def is_gpt2_preset(name: str) -> bool:
     return str(name).split("/")[-1].lower() in PRESETS
 
 
+def is_gpt2(spec: str | os.PathLike) -> bool:
+    """Whether krony runs `spec` as its own `GPT`: a GPT-2 preset name, a GPT-2 folder, a weights
+    file or a folder of weights without config.json (GPT-2's is inferred)."""
+    d = _read_local_config(spec)
+    bare = Path(spec).expanduser().is_dir() and d is None
+    return (is_gpt2_preset(str(spec)) or str(spec).endswith(WEIGHT_SUFFIXES) or bare
+            or (d or {}).get("model_type") in GPT2_TYPES)
+
+
 def load_model(spec: str | os.PathLike) -> nn.Module:
-    """Any model krony compresses: GPT-2 (a preset name, a GPT-2 folder, a weights file or a folder
-    of weights without config.json) as krony's own `GPT`, everything else as a transformers causal
-    LM (`load_causal_lm`)."""
+    """Any model krony compresses: GPT-2 (`is_gpt2`) as krony's own `GPT`, everything else as a
+    transformers causal LM (`load_causal_lm`)."""
     from krony.model import GPT
 
-    d = _read_local_config(spec)
-    bare = Path(spec).expanduser().is_dir() and d is None  # weights without config.json: GPT-2's is inferred
-    gpt2 = (is_gpt2_preset(str(spec)) or str(spec).endswith(WEIGHT_SUFFIXES) or bare
-            or (d or {}).get("model_type") in GPT2_TYPES)
-    return GPT.from_pretrained(spec) if gpt2 else load_causal_lm(spec)
+    return GPT.from_pretrained(spec) if is_gpt2(spec) else load_causal_lm(spec)
 
 
 def split_gguf(spec: str | os.PathLike) -> tuple[Path, str] | None:
@@ -86,6 +90,9 @@ def load_tokenizer(spec: str | os.PathLike) -> Any:
     if gguf is not None:
         _check_file(gguf)
         return AutoTokenizer.from_pretrained(gguf[0], gguf_file=gguf[1])
+    d = _read_local_config(spec)
+    if d is not None and d.get(LAYERS_KEY):  # a krony export: its family's config, not the remote code's
+        return AutoTokenizer.from_pretrained(str(spec), config=_base_config(d))
     _check_local(spec)
     return AutoTokenizer.from_pretrained(str(spec))
 
@@ -104,7 +111,11 @@ def load_causal_lm(spec: str | os.PathLike, dtype: torch.dtype = torch.float32) 
     if d is not None and d.get(LAYERS_KEY):
         return load_export(Path(spec), d, dtype)
     _check_local(spec)
-    return AutoModelForCausalLM.from_pretrained(str(spec), dtype=dtype).eval()
+    try:
+        return AutoModelForCausalLM.from_pretrained(str(spec), dtype=dtype).eval()
+    except OSError as e:  # transformers' word for a repository it cannot find or reach
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"could not load the model {spec!r}: {reason}") from e
 
 
 def _check_local(spec: str | os.PathLike) -> None:
@@ -161,4 +172,4 @@ def load_export(folder: Path, d: dict[str, Any], dtype: torch.dtype = torch.floa
     return model.to(dtype).eval()
 
 
-__all__ = ["GGUF", "GPT2_TYPES", "is_gpt2_preset", "load_model", "load_causal_lm", "load_config", "load_export", "load_tokenizer", "split_gguf"]
+__all__ = ["GGUF", "GPT2_TYPES", "is_gpt2", "is_gpt2_preset", "load_model", "load_causal_lm", "load_config", "load_export", "load_tokenizer", "split_gguf"]

@@ -455,11 +455,11 @@ class FreezeConfig:
     """What stays fixed during training (all off: train every weight)."""
 
     embeddings: bool = False
-    """Freeze `wte` (and so the tied `lm_head`) and `wpe`."""
+    """Freeze the input embedding (`wte`, and so a tied head) and learned positions (`wpe`)."""
     attention: bool = False
-    """Freeze every attention `c_attn` and `c_proj`."""
+    """Freeze every attention module (GPT-2's `attn`, Llama's `self_attn`: the family table's)."""
     layer_norms: bool = False
-    """Freeze every LayerNorm (ln_1, ln_2, ln_f)."""
+    """Freeze every normalisation layer (GPT-2's ln_1, ln_2, ln_f; Llama's RMSNorms)."""
     scalars: bool = False
     """Freeze the Kronecker scalars s_i."""
     scalars_value: float | None = None

@@ -14,24 +14,53 @@ from torch.func import functional_call
 from torch.utils.flop_counter import FlopCounterMode
 
 from krony.layers import FactoredLinear
+from krony.lm import LogitsOf, width
+from krony.targets import n_blocks
 
 
 def train_flops(model: nn.Module, batch: int, seq_len: int, backward: bool = True) -> int:
-    """FLOPs of forward + backward (or forward only) of `model` (a `krony.GPT`) on a (batch, seq_len) batch.
+    """FLOPs of forward + backward (or forward only) of `model` (krony's `GPT` or a transformers
+    causal LM) on a (batch, seq_len) batch, with the next-token loss.
 
     Runs on meta copies of the parameters (no memory, no change to the model), so it works
     for any model size on any machine. Matrix products and attention are counted;
-    elementwise work (GELU, LayerNorm, the outer products of factor dims of 1) is not.
+    elementwise work (GELU, LayerNorm, the outer products of factor dims of 1) is not. A model
+    whose forward reads tensor values (transformers' mask checks call `.item()`, which meta
+    tensors cannot answer) is counted on one real sequence instead, times `batch` (every
+    operation is per sequence).
     """
-    params = {k: torch.empty_like(v, device="meta").requires_grad_(v.requires_grad)
-              for k, v in model.named_parameters()}
-    buffers = {k: torch.empty_like(v, device="meta") for k, v in model.named_buffers()}
-    idx = torch.zeros(batch, seq_len, dtype=torch.long, device="meta")
+    try:
+        return _count(LogitsOf(model), batch, seq_len, backward, meta=True)
+    except RuntimeError as e:
+        if "meta" not in str(e):
+            raise
+        return batch * _count(LogitsOf(model), 1, seq_len, backward, meta=False)
+
+
+def _count(wrapped: nn.Module, batch: int, seq_len: int, backward: bool, meta: bool) -> int:
+    """FLOPs of the next-token loss of `wrapped` on zeros (meta: on meta copies of its tensors; else
+    on the model itself in eval mode, gradients taken with `autograd.grad`, so no `.grad` changes)."""
     counter = FlopCounterMode(display=False)
-    with counter:
-        _, loss = functional_call(model, {**params, **buffers}, (idx, idx), tie_weights=True)
-        if backward and loss.requires_grad:  # frozen parameters cost no weight gradients
-            loss.backward()
+    device = "meta" if meta else next(wrapped.parameters()).device
+    idx = torch.zeros(batch, seq_len, dtype=torch.long, device=device)
+    trainable = [p for p in wrapped.parameters() if p.requires_grad]
+    was_training = wrapped.training
+    try:
+        with counter:
+            if meta:
+                params = {k: torch.empty_like(v, device="meta").requires_grad_(v.requires_grad)
+                          for k, v in wrapped.named_parameters()}
+                buffers = {k: torch.empty_like(v, device="meta") for k, v in wrapped.named_buffers()}
+                logits = functional_call(wrapped, {**params, **buffers}, (idx,), tie_weights=True)
+                trainable = [p for p in params.values() if p.requires_grad]
+            else:
+                wrapped.eval()  # no dropout: the run's random numbers are not drawn from
+                logits = wrapped(idx)
+            loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), idx.flatten())
+            if backward and loss.requires_grad:  # frozen parameters cost no weight gradients
+                torch.autograd.grad(loss, trainable, allow_unused=True)
+    finally:
+        wrapped.train(was_training)
     return int(counter.get_total_flops())
 
 
@@ -45,9 +74,8 @@ def analytic_flops_per_token(model: nn.Module, seq_len: int, backward: bool = Tr
             madds += m.multiply_adds()
         elif isinstance(m, nn.Linear):
             madds += m.in_features * m.out_features
-    c = model.config
     passes = 3 if backward else 1  # the backward pass costs twice the forward
-    return passes * (2 * madds + 4 * c.n_layer * c.n_embd * seq_len)
+    return passes * (2 * madds + 4 * n_blocks(model) * width(model) * seq_len)
 
 
 def peak_flops(device: torch.device | str, dtype: torch.dtype | str = torch.bfloat16,

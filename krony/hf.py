@@ -106,7 +106,7 @@ def state_dict_problems(expected: dict[str, torch.Tensor], sd: dict[str, torch.T
 def load_state_dict_checked(model: nn.Module, sd: dict[str, torch.Tensor]) -> None:
     """`load_state_dict` that raises a ValueError listing missing and unexpected keys and shape mismatches."""
     expected = model.state_dict()
-    if getattr(model, "config", None) is not None and model.config.tie_embeddings:
+    if getattr(getattr(model, "config", None), "tie_embeddings", False):  # krony's GPT stores no lm_head.weight
         expected.pop("lm_head.weight", None)
         sd = {k: v for k, v in sd.items() if k != "lm_head.weight"}
     problems = state_dict_problems(expected, sd)
@@ -230,6 +230,11 @@ def check_weights(path: Path) -> None:
     config.json. `InvalidFile` ("<path> is not a valid ...") otherwise."""
     from safetensors import safe_open
 
+    if Path(path).suffix.lower() == ".gguf":  # transformers reads it (dequantised): check its magic only
+        with open(path, "rb") as f:
+            if f.read(4) != b"GGUF":
+                raise InvalidFile(Path(path), "GGUF file", "it does not start with the GGUF magic bytes")
+        return
     weights, cfg_path = _resolve_local(Path(path))
     if cfg_path is not None:
         read_config(cfg_path)
@@ -300,16 +305,27 @@ def _check_dense_weights(model: GPT, sd: dict[str, torch.Tensor], weights: Path)
                          f"records; copy config.json from the folder the model was saved in (save_pretrained writes both)")
 
 
-def resolve_model(name_or_path: str) -> tuple[GPT, Path | None]:
-    """(model, run directory or None): a run directory loads its `export/`, anything else goes to
-    `GPT.from_pretrained` (hub name, model directory, weights file)."""
+def resolved_folder(name_or_path: str) -> str:
+    """What `resolve_model` loads for `name_or_path`: a run directory's `export/`, else the name
+    itself (its tokenizer is the model's: `krony.tokenizer.tokenizer_for`)."""
     path = Path(name_or_path).expanduser()
     if path.is_dir() and not (path / "config.json").exists() and (path / "export" / "config.json").exists():
-        return load_model(path / "export"), path
+        return str(path / "export")
     if path.is_dir() and not (path / "config.json").exists() and (path / "checkpoints").exists():
         raise ValueError(f"{path} is a run directory without export/ (the run has not finished): evaluate a finished run "
                          f"or a directory with config.json + model.safetensors")
-    return load_model(name_or_path), None
+    return str(name_or_path)
+
+
+def resolve_model(name_or_path: str) -> tuple[nn.Module, Path | None]:
+    """(model, run directory or None): a run directory loads its `export/`, anything else goes to
+    `krony.causal_lm.load_model` (GPT-2 as krony's `GPT`, other families through transformers:
+    hub name, model directory, weights file, `.gguf` file)."""
+    from krony.causal_lm import load_model as load_any
+
+    folder = resolved_folder(name_or_path)
+    run_dir = Path(name_or_path).expanduser() if folder != str(name_or_path) else None
+    return load_any(folder), run_dir
 
 
 def save_model(model: GPT, directory: str | os.PathLike) -> Path:
@@ -336,6 +352,7 @@ __all__ = [
     "read_config",
     "read_weights",
     "resolve_model",
+    "resolved_folder",
     "save_model",
     "to_hf_state_dict",
 ]

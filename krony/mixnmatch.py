@@ -22,32 +22,35 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from krony.compression import count_params, kronecker_layers
-from krony.model import GPT
+from krony.lm import context_length, logits
 from krony.nested import set_active_factors
+from krony.tokenizer import TextTokenizer
+from krony.train.losses import lm_loss
 
 
 @torch.no_grad()
-def mean_loss(model: GPT, tokens: torch.Tensor, batch_size: int = 8) -> float:
+def mean_loss(model: nn.Module, tokens: torch.Tensor, batch_size: int = 8) -> float:
     """Mean next-token loss of `model` over rows of `tokens` (N, T + 1)."""
     total, count = 0.0, 0
     for i in range(0, len(tokens), batch_size):
         batch = tokens[i:i + batch_size]
-        _, loss = model(batch[:, :-1], batch[:, 1:])
+        loss = lm_loss(logits(model, batch[:, :-1]), batch[:, 1:])
         total += loss.item() * batch[:, 1:].numel()
         count += batch[:, 1:].numel()
     return total / count
 
 
-def factor_params(model: GPT) -> dict[str, int]:
+def factor_params(model: nn.Module) -> dict[str, int]:
     """{layer name: parameters of one of its factors} (A and B entries, and its scalar)."""
     return {name: layer.m1 * layer.n1 + layer.m2 * layer.n2 + (layer.scalars is not None)
             for name, layer in kronecker_layers(model).items()}
 
 
-def params_with(model: GPT, sizes: dict[str, int]) -> int:
+def params_with(model: nn.Module, sizes: dict[str, int]) -> int:
     """The parameter count (Table-1 convention) of `model` extracted at per-layer `sizes`."""
     per = factor_params(model)
     layers = kronecker_layers(model)
@@ -55,7 +58,7 @@ def params_with(model: GPT, sizes: dict[str, int]) -> int:
 
 
 @torch.no_grad()
-def sensitivity(model: GPT, tokens: torch.Tensor, ks: Sequence[int], batch_size: int = 8,
+def sensitivity(model: nn.Module, tokens: torch.Tensor, ks: Sequence[int], batch_size: int = 8,
                 progress: bool = False) -> dict[str, dict[int, float]]:
     """{layer: {k: loss increase}} on `tokens`, one layer at k at a time (the full model's loss is 0)."""
     set_active_factors(model, None)
@@ -97,7 +100,7 @@ def choose(increase: dict[str, dict[int, float]], per_factor: dict[str, int], bu
     return dict(zip(names, picks))
 
 
-def pareto(model: GPT, increase: dict[str, dict[int, float]], validation: torch.Tensor,
+def pareto(model: nn.Module, increase: dict[str, dict[int, float]], validation: torch.Tensor,
            budgets: Sequence[int] | None = None, batch_size: int = 8, progress: bool = False) -> list[dict]:
     """Rows, one per budget (model parameters, Table-1 convention; default: the uniform sizes of
     the k in `increase` (from `sensitivity`) and the midpoints between them): the Mix'n'Match
@@ -148,7 +151,8 @@ def write(rows: list[dict], increase: dict[str, dict[int, float]], out: str | Pa
 
 def sample_tokens(context: int, calibration: int, validation: int | None = None, val_documents: int = 100,
                   calibration_file: str | Path | None = None,
-                  validation_file: str | Path | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                  validation_file: str | Path | None = None,
+                  tokenizer: TextTokenizer | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(calibration, validation) rows of `context` + 1 tokens, packed as `data=local` packs text
     (one document per paragraph, end-of-text between).
 
@@ -163,7 +167,8 @@ def sample_tokens(context: int, calibration: int, validation: int | None = None,
     def rows(path: str | Path, split: str, held_out: int, limit: int | None, what: str, flag: str) -> torch.Tensor:
         source = TextSource(path="text", name=None, revision=None, data_files=[str(path)], expected_files=None,
                             sample_by="paragraph")
-        ds = PackedBlocks(source, context, split=split, val_documents=held_out, shuffle_buffer=0, epochs=1)
+        ds = PackedBlocks(source, context, split=split, val_documents=held_out, shuffle_buffer=0, epochs=1,
+                          tokenizer=tokenizer)
         n = None if limit is None else max(1, limit // context)
         got = list(itertools.islice(ds, n))
         if n is not None and len(got) < n:
@@ -212,17 +217,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=8, help="rows per forward")
     args = p.parse_args(argv)
     try:
-        from krony.hf import resolve_model
+        from krony.hf import resolve_model, resolved_folder
+        from krony.tokenizer import tokenizer_for
 
         model = resolve_model(args.model)[0].eval()
+        tokenizer = tokenizer_for(resolved_folder(args.model))
         layers = kronecker_layers(model)
         if not layers:
             raise ValueError(f"{args.model} has no Kronecker layers: Mix'n'Match needs a nested model")
         too_big = [k for k in args.ks if any(k > layer.factors or k < 1 for layer in layers.values())]
         if too_big:
             raise ValueError(f"--ks {too_big}: every k must be in 1..{min(layer.factors for layer in layers.values())}")
-        cal, val = sample_tokens(args.context or model.config.block_size, args.calibration_tokens, args.validation_tokens,
-                                 calibration_file=args.calibration_file, validation_file=args.validation_file)
+        cal, val = sample_tokens(args.context or context_length(model), args.calibration_tokens, args.validation_tokens,
+                                 calibration_file=args.calibration_file, validation_file=args.validation_file,
+                                 tokenizer=tokenizer)
         increase = sensitivity(model, cal, sorted(args.ks), args.batch_size, progress=True)
         rows = pareto(model, increase, val, args.budgets, args.batch_size, progress=True)
     except ValueError as e:

@@ -20,27 +20,29 @@ import copy
 from typing import Mapping
 
 import torch
+from torch import nn
 
 from krony.compression import kronecker_layers, replace_module
 from krony.layers.kronecker import KroneckerLinear, check_active_factors
-from krony.model import GPT
+from krony.targets import get_family
 
 Sizes = int | None | Mapping[int | str, int]
 """One k for every Kronecker layer; None for all factors; or {block index or module name: k}
 (a block index sets both of its matrices; layers not named keep their setting)."""
 
 
-def _per_layer(model: GPT, k: Sizes) -> dict[str, int | None]:
+def _per_layer(model: nn.Module, k: Sizes) -> dict[str, int | None]:
     """{module name: k} for every Kronecker layer `k` names."""
     layers = kronecker_layers(model)
     if not layers:
         raise ValueError("the model has no Kronecker layers: compress it first (krony.compress)")
+    blocks = get_family(model).blocks
     if k is None or isinstance(k, int):
         return {name: k for name in layers}
     out: dict[str, int | None] = {}
     for key, v in k.items():
         if isinstance(key, int):
-            names = [n for n in layers if n.startswith(f"transformer.h.{key}.")]
+            names = [n for n in layers if n.startswith(f"{blocks}.{key}.")]
         else:
             names = [n for n in layers if n == key or n.endswith("." + key)]
         if not names:
@@ -50,7 +52,7 @@ def _per_layer(model: GPT, k: Sizes) -> dict[str, int | None]:
     return out
 
 
-def set_active_factors(model: GPT, k: Sizes) -> GPT:
+def set_active_factors(model: nn.Module, k: Sizes) -> nn.Module:
     """Let the Kronecker layers of `model` use their first `k` factors (see `Sizes`), in place;
     returns the model. Raises before changing anything when a k is out of a layer's range."""
     layers = kronecker_layers(model)
@@ -63,13 +65,13 @@ def set_active_factors(model: GPT, k: Sizes) -> GPT:
     return model
 
 
-def active_factors(model: GPT) -> dict[str, int]:
+def active_factors(model: nn.Module) -> dict[str, int]:
     """{module name: active factors} of every Kronecker layer."""
     return {name: layer.active_factors for name, layer in kronecker_layers(model).items()}
 
 
 @torch.no_grad()
-def extract(model: GPT, k: Sizes = None) -> GPT:
+def extract(model: nn.Module, k: Sizes = None) -> nn.Module:
     """A standalone copy of `model` whose Kronecker layers hold only their first k factors (`k`
     as in `set_active_factors`; None: each layer's active factors). The copy counts, saves and
     exports as that size, with every factor active; `model` is unchanged."""

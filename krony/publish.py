@@ -1,7 +1,7 @@
 """`python -m krony publish <run dir | model dir> --repo org/name [--private] [--dry-run]`.
 
 Writes the folder a compressed model is published as (its weights, the transformers
-remote-code files, GPT-2's tokenizer files) plus a model card (README.md: YAML metadata with
+remote-code files, the model's tokenizer files) plus a model card (README.md: YAML metadata with
 `model-index` from the run's results, the scheme, the parameter counts in every convention,
 the tokens seen, the command and resolved config, how to load it), then uploads it with
 `huggingface_hub`. `--dry-run` only writes the folder.
@@ -23,8 +23,12 @@ from typing import Any
 from krony.compression import CONVENTIONS, count_params, factored_layers
 from krony.data.sources import LOCAL_BUILDERS
 from krony.fileio import write_text
-from krony.hf import load_model
+from krony.causal_lm import load_model
+from krony.export import save_pretrained
 from krony.hub import MODEL_REPOS, looks_like_path
+from krony.layers import STRUCTURES
+from krony.targets import EXPORT_PREFIX, family_name
+from krony.tokenizer import tokenizer_for
 
 DATASET_NAMES = {"wikitext103": ("wikitext", "WikiText-103", "wikitext-103-v1"),
                  "wikitext2": ("wikitext", "WikiText-2", "wikitext-2-v1"),
@@ -143,6 +147,17 @@ def model_index(results: dict[str, Any]) -> list[Any]:
     return out
 
 
+STRUCTURE_WORDS = {"kronecker": "sums of Kronecker products, Krony-PT", "lowrank": "low-rank products",
+                   "monarch": "Monarch matrices"}
+"""How a model card names each structure."""
+
+
+def model_words(model: Any) -> str:
+    """The model's family in a card's words: "GPT-2" for krony's GPT, else transformers' model type."""
+    name = family_name(model).removeprefix(EXPORT_PREFIX)
+    return "GPT-2" if name in ("gpt", "gpt2") else name
+
+
 def card_text(source: Source, model, repo: str) -> str:
     """README.md of the published folder: YAML metadata and the card's body, claiming only what
     `provenance` finds in the run's records."""
@@ -152,7 +167,10 @@ def card_text(source: Source, model, repo: str) -> str:
     first = next(iter(layers.values()), None)
     origin = provenance(source)
     counts = {c: count_params(model, c) for c in CONVENTIONS}
-    tags = ["krony", "kronecker", "gpt2", "compression", "custom_code"] + (["random-weights"] if origin.random_teacher else [])
+    family = model_words(model)
+    structure = next((n for n, cls in STRUCTURES.items() if isinstance(first, cls)), "dense")
+    tags = ["krony", structure, family_name(model).removeprefix(EXPORT_PREFIX), "compression", "custom_code"] + (
+        ["random-weights"] if origin.random_teacher else [])
     data = ModelCardData(
         license="mit", library_name="transformers", pipeline_tag="text-generation",
         base_model=origin.base_model, datasets=origin.datasets or None, tags=tags,
@@ -160,9 +178,9 @@ def card_text(source: Source, model, repo: str) -> str:
     )
     lines = [f"# {repo.split('/')[-1]}", ""]
     if origin.random_teacher:
-        lines += ["**A test artefact, not a language model**: this model was compressed from a GPT-2 with random "
+        lines += [f"**A test artefact, not a language model**: this model was compressed from a {family} with random "
                   "weights (a smoke run). It generates noise.", ""]
-    lines += ["GPT-2 with its FFN matrices compressed to sums of Kronecker products (Krony-PT), trained with "
+    lines += [f"{family} with its FFN matrices factored ({STRUCTURE_WORDS.get(structure, structure)}), trained with "
               "krony. The factors stay factored: the folder runs them in transformers through its remote code, "
               "never rebuilding the dense matrices.", "",
               "## Provenance", "", f"- teacher: {origin.teacher}", f"- training data: {origin.data}", ""]
@@ -173,7 +191,7 @@ def card_text(source: Source, model, repo: str) -> str:
                   "| | |", "| --- | --- |",
                   f"| scheme | `{scheme}` |",
                   f"| A, B of the first factored matrix | {tuple(first.a_dims)}, {tuple(first.b_dims)} (contract matrices: transposed) |"
-                  if hasattr(first, "a_dims") else f"| structure | {first.structure} |",
+                  if hasattr(first, "a_dims") else f"| structure | {structure} |",
                   f"| factors per matrix | {getattr(first, 'factors', '-')} |",
                   f"| learned scalars | {getattr(first, 'scalars', None) is not None} |",
                   f"| init | {hp.get('init', '-')} |",
@@ -206,7 +224,7 @@ def card_text(source: Source, model, repo: str) -> str:
               f'tokenizer = AutoTokenizer.from_pretrained("{repo}", trust_remote_code=True)',
               "```", "",
               "`trust_remote_code=True` runs `modeling_krony.py` and `krony_layers.py` from this repository (they import only torch "
-              "and transformers). With krony installed: `krony.GPT.from_pretrained(...)`; lm-evaluation-harness: "
+              "and transformers). With krony installed: `krony.causal_lm.load_model(...)`; lm-evaluation-harness: "
               f"`lm_eval --model hf --model_args pretrained={repo},trust_remote_code=True --tasks ...`.", ""]
     if source.config_yaml:
         lines += ["## Resolved config", "", "```yaml", source.config_yaml.rstrip(), "```", ""]
@@ -236,7 +254,8 @@ def prepare(path: str | os.PathLike, repo: str, out: str | os.PathLike | None = 
                            "publish it anyway with --allow-random-teacher (its card says so)")
     model = load_model(source.model_dir)
     folder = Path(out) if out else (source.run_dir or source.model_dir.parent) / f"publish-{repo.split('/')[-1]}"
-    model.save_pretrained(folder)
+    tokenizer = tokenizer_for(source.model_dir)
+    save_pretrained(model, folder, tokenizer=None if tokenizer.source is None else tokenizer.hf())
     write_text(folder / "README.md", card_text(source, model, repo))
     return folder
 

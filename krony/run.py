@@ -101,15 +101,17 @@ def train(cfg: DictConfig, ckpt_path: str | Path | None = None, preflighted: boo
     from hydra.utils import instantiate
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+    from krony.lm import context_length
     from krony.train.callbacks import Preemption
     from krony.train.preempt import Preempted
 
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision(cfg.get("matmul_precision", "highest"))
-    datamodule = instantiate(cfg.data)
+    datamodule = instantiate(cfg.data, tokenizer=cfg.model.teacher)  # the teacher's tokenizer (GPT-2's BPE for GPT-2)
     module = build_module(cfg)
-    if cfg.context > module.student.config.block_size:  # teachers validate() could not size offline
-        raise ValueError(f"context={cfg.context} exceeds the model's block size {module.student.config.block_size}")
+    limit = context_length(module.student)
+    if cfg.context > limit:  # teachers validate() could not size offline
+        raise ValueError(f"context={cfg.context} exceeds the model's context {limit}")
     callbacks = [c for c in (instantiate(c) for c in (cfg.callbacks or {}).values() if c is not None) if c is not None]
     check_disk(module.student, callbacks, cfg.paths.output_dir, refuse=cfg.get("check_disk", True))
     loggers = [instantiate(c) for c in (cfg.logger or {}).values() if c is not None]

@@ -15,6 +15,7 @@ next, in `krony.preflight`.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from pathlib import Path
@@ -39,18 +40,57 @@ TYPED = ("model", "optim", "freeze", "distill", "nest")
 """Run-config nodes whose `_target_` is a config dataclass of `krony.config`."""
 
 
+CONFIG_KEYS = {
+    "n_embd": ("n_embd", "hidden_size", "d_model"),
+    "n_inner": ("n_inner", "intermediate_size", "ffn_dim"),
+    "block_size": ("n_positions", "max_position_embeddings"),
+    "n_layer": ("n_layer", "num_hidden_layers"),
+}
+"""The teacher dims validation needs, and the config.json keys each family spells them with."""
+GGUF_KEYS = {"n_embd": "embedding_length", "n_inner": "feed_forward_length", "block_size": "context_length",
+             "n_layer": "block_count"}
+"""The same dims in a GGUF file's metadata (`<architecture>.<key>`)."""
+
+
 def _dims_of_hf_config(path: Path) -> dict[str, int]:
+    """The dims of a config.json of any family (GPT-2's n_embd, Llama's hidden_size, OPT's ffn_dim, ...)."""
     try:
         d = json.loads(path.read_text())
-        n_embd = int(d["n_embd"])
-        return {"n_embd": n_embd, "n_inner": int(d.get("n_inner") or 4 * n_embd),
-                "block_size": int(d["n_positions"]), "n_layer": int(d["n_layer"])}
+        dims = {}
+        for name, keys in CONFIG_KEYS.items():
+            value = next((d[k] for k in keys if d.get(k) is not None), None)
+            if value is None and name == "n_inner":  # GPT-2's null n_inner: 4 x n_embd
+                value = 4 * dims["n_embd"]
+            dims[name] = int(value)
+        return {**dims, "model_type": str(d.get("model_type", "gpt2"))}
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ConfigError("model.teacher", str(path.parent), f"{path} is not a valid GPT-2 config.json: {e}") from None
+        raise ConfigError("model.teacher", str(path.parent), f"{path} is not a model config.json krony can read: "
+                          f"{e!r}") from None
+
+
+def _dims_of_gguf(path: Path) -> dict[str, int] | None:
+    """The dims of a `.gguf` file from its metadata (None without the `gguf` package or the keys)."""
+    return _gguf_dims(str(path.resolve()), path.stat().st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _gguf_dims(path: str, mtime_ns: int) -> dict[str, int] | None:
+    """`_dims_of_gguf`, read once per file version (the reader parses every tensor's header: seconds)."""
+    try:
+        from gguf import GGUFReader
+    except ModuleNotFoundError:
+        return None
+    try:
+        reader = GGUFReader(path)
+        arch = reader.fields["general.architecture"].contents()
+        dims = {name: int(reader.fields[f"{arch}.{key}"].contents()) for name, key in GGUF_KEYS.items()}
+        return {**dims, "model_type": str(arch)}
+    except (KeyError, ValueError, OSError):
+        return None
 
 
 def _teacher_dims(teacher: str | None, teacher_config: dict[str, Any] | None) -> dict[str, int] | None:
-    """n_embd, n_inner, block_size, n_layer of the teacher without loading weights; None if unknown."""
+    """n_embd, n_inner, block_size, n_layer (and model_type) of the teacher without loading weights; None if unknown."""
     if teacher is None:
         overrides = dict(teacher_config or {})
         try:
@@ -59,6 +99,8 @@ def _teacher_dims(teacher: str | None, teacher_config: dict[str, Any] | None) ->
             raise ConfigError("model.teacher_config", teacher_config, str(e)) from None
         return {"n_embd": cfg.n_embd, "n_inner": cfg.ffn_dim, "block_size": cfg.block_size, "n_layer": cfg.n_layer}
     path = Path(str(teacher)).expanduser()
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        return _dims_of_gguf(path)
     if path.exists():
         cfg_file = path / "config.json" if path.is_dir() else path.parent / "config.json"
         return _dims_of_hf_config(cfg_file) if cfg_file.exists() else None
@@ -99,6 +141,13 @@ def _check_model(model: ModelConfig, context: Any) -> None:
     if context < 1 or (dims and context > dims["block_size"]):
         limit = f"1 to {dims['block_size']}, the teacher's context" if dims else ">= 1"
         raise ConfigError("context", context, f"sequence length must be {limit}")
+    gpt2 = dims is None or dims.get("model_type", "gpt2") in ("gpt2", "krony_gpt2")
+    if not gpt2 and model.kind == "distil":
+        raise ConfigError("model", "distilgpt2", f"copies blocks of a GPT-2 teacher; {model.teacher} is a "
+                          f"{dims['model_type']} model: compress it with model=krony")
+    if not gpt2 and model.activation is not None:
+        raise ConfigError("model.activation", model.activation, f"switches GPT-2's GELU; {model.teacher} is a "
+                          f"{dims['model_type']} model and keeps its own activation: leave it null")
     if model.kind != "krony" or dims is None:
         return
     if not isinstance(model.layers, str) and not all(i < dims["n_layer"] for i in model.layers):

@@ -124,3 +124,25 @@ def test_an_export_of_the_gguf_model_loads_in_transformers_without_krony(smol, t
     assert seen["class"] == "KronyForCausalLM" and seen["rel_diff"] < 1e-4
     assert seen["params"] == count_params(model) and seen["greedy"] == ref["greedy"]
     assert len(seen["factored"]) == 90 and seen["text"].startswith("Hello world")
+
+
+def test_a_run_with_the_gguf_teacher_distils_and_exports_with_its_tokenizer(tmp_path):
+    """`python -m krony.run model.teacher=<.gguf> decomp=ffn50 distill=on`: SmolLM2's tokenizer feeds
+    the stream (GPT-2 ids past 49,151 would index outside its embedding), the student trains
+    from the teacher's logits, and the export carries the tokenizer."""
+    import json
+
+    from conftest import events, krony_run
+    from krony.causal_lm import load_model, load_tokenizer
+
+    out = krony_run(["experiment=smoke", f"model.teacher={GGUF}", "decomp=ffn50", "distill=on", "context=32",
+                     "trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.limit_val_batches=2"], tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    run = next((tmp_path / "logs" / "runs").glob("ffn50-vanloan-r1-kd/*"))
+    assert "the 90 factored matrices keep 39,813,300 of their 79,626,240 parameters (50.00%" in out.stdout + out.stderr
+    losses = [e.value for e in events(run).Scalars("train/loss")]
+    assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
+    assert json.loads((run / "summary.json").read_text())["hparams"]["params"] == 94_702_068
+    model = load_model(run / "export")
+    assert len(factored_layers(model)) == 90 and count_params(model) == 94_702_068
+    assert load_tokenizer(run / "export")("The capital")["input_ids"] == load_tokenizer(GGUF)("The capital")["input_ids"]

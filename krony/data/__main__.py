@@ -3,6 +3,7 @@ and `python -m krony.data fetch-eval ...` (the evaluation sets as local files).
 
     python -m krony.data prepare --out data/openwebtext                       # OpenWebText from the hub
     python -m krony.data prepare --out data/sample --files krony/data/samples/openwebtext_sample.txt
+    python -m krony.data prepare --out data/owt-smollm2 --tokenizer HuggingFaceTB/SmolLM2-135M   # a teacher's tokenizer
     python -m krony.data throughput --files krony/data/samples/openwebtext_sample.txt --workers 1 2
     python -m krony.data fetch-eval --out data/eval                            # WikiText, LAMBADA: data_dir=data/eval
 """
@@ -39,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("--revision", default=TextSource.revision, help="hub commit to pin")
         c.add_argument("--expected-files", type=int, default=TextSource.expected_files, help="file-count check for the hub source")
         c.add_argument("--text-field", default="text", help="column with the document text")
+        c.add_argument("--tokenizer", default=None, help="the teacher whose tokenizer to use (hub id, folder or "
+                       ".gguf file; the run's model.teacher); default: GPT-2's BPE")
     prep = sub.choices["prepare"]
     prep.add_argument("--out", required=True, help="output directory")
     prep.add_argument("--val-documents", type=int, default=4000, help="documents at the start of file 0 held out")
@@ -63,15 +66,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             files = fetch_eval(args.out, args.splits)
             print(f"wrote {len(files)} files; evaluate with data_dir={args.out}")
             return 0
-        source = source_from_args(args)
+        from krony.tokenizer import tokenizer_for
+
+        source, tokenizer = source_from_args(args), tokenizer_for(args.tokenizer)
         if args.command == "prepare":
             from krony.data.memmap import prepare
 
-            meta = prepare(source, args.out, val_documents=args.val_documents, workers=args.workers)
+            meta = prepare(source, args.out, val_documents=args.val_documents, workers=args.workers, tokenizer=tokenizer)
             print(json.dumps({k: meta[k] for k in ("train_tokens", "val_tokens")}))
         else:
             for w in args.workers:
-                print(json.dumps(stream_throughput(source, w, args.block_size, args.seconds)))
+                print(json.dumps(stream_throughput(source, w, args.block_size, args.seconds, tokenizer)))
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 from krony.data.memmap import EndlessShuffle, MemmapBlocks
 from krony.data.sources import TextSource, check_data
 from krony.data.stream import PackedBlocks, resume_position
+from krony.tokenizer import tokenizer_for
 from krony.train.preempt import ignore_in_worker, kill_workers_at_exit
 
 
@@ -28,7 +29,7 @@ def init_worker(worker_id: int, rank: int = 0) -> None:
 
 
 class TextDataModule(L.LightningDataModule):
-    """Batches of (batch_size, block_size + 1) GPT-2 token ids.
+    """Batches of (batch_size, block_size + 1) token ids of the run's tokenizer.
 
     Args:
         source: a `TextSource` (or its fields as a dict) for mode "stream".
@@ -43,6 +44,8 @@ class TextDataModule(L.LightningDataModule):
         max_document_chars: documents longer than this are split into pieces (stream mode; 0: never).
         val_fraction: hold out this share of the text of every document of file 0 instead of
             `val_documents` whole documents (stream mode; a corpus of one document); None: off.
+        tokenizer: the model whose tokenizer the text gets (the teacher: a hub id, folder or
+            `.gguf` file); None or a GPT-2 model: GPT-2's BPE (`krony.tokenizer.tokenizer_for`).
     """
 
     def __init__(
@@ -58,6 +61,7 @@ class TextDataModule(L.LightningDataModule):
         seed: int = 1337,
         max_document_chars: int = 1_000_000,
         val_fraction: float | None = None,
+        tokenizer: str | None = None,
     ) -> None:
         super().__init__()
         check_data(mode, memmap_dir, source, block_size, batch_size, num_workers, val_fraction)
@@ -68,6 +72,7 @@ class TextDataModule(L.LightningDataModule):
         self.val_documents, self.shuffle_buffer, self.seed = val_documents, shuffle_buffer, seed
         self.max_document_chars = max_document_chars
         self.val_fraction = val_fraction
+        self.tokenizer = tokenizer_for(tokenizer)
         self.batches_done = 0  # training batches of this rank already trained on (set when resuming)
 
     def _rank(self) -> tuple[int, int]:
@@ -79,7 +84,7 @@ class TextDataModule(L.LightningDataModule):
     def dataset(self, split: str):
         """The dataset of `split` ("train" or "val") for this process's rank."""
         if self.mode == "memmap":
-            return MemmapBlocks(self.memmap_dir, self.block_size, split)
+            return MemmapBlocks(self.memmap_dir, self.block_size, split, self.tokenizer)
         rank, world = self._rank()
         resume = None
         if split == "train" and self.batches_done:
@@ -87,7 +92,7 @@ class TextDataModule(L.LightningDataModule):
         return PackedBlocks(
             self.source, self.block_size, split=split, val_documents=self.val_documents,
             shuffle_buffer=self.shuffle_buffer, seed=self.seed, rank=rank, world_size=world, resume=resume,
-            max_document_chars=self.max_document_chars, val_fraction=self.val_fraction,
+            max_document_chars=self.max_document_chars, val_fraction=self.val_fraction, tokenizer=self.tokenizer,
         )
 
     def _loader(self, split: str) -> DataLoader:

@@ -1,4 +1,5 @@
-"""Streaming token blocks: tokenise documents, add EOT, pack into blocks of context + 1.
+"""Streaming token blocks: tokenise documents (BOS where the tokenizer adds one, EOS after each),
+pack into blocks of context + 1.
 
 Work is split over `world_size * num_workers` shards (DDP rank x dataloader worker):
 
@@ -28,7 +29,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from krony.data.sources import TextSource
-from krony.tokenizer import encode_document
+from krony.tokenizer import TextTokenizer
 
 log = logging.getLogger(__name__)
 _WHITESPACE = re.compile(r"\s")
@@ -145,6 +146,7 @@ class PackedBlocks(IterableDataset):
             huge document cannot exhaust the tokeniser's memory.
         val_fraction: instead of whole documents, hold out the first `val_fraction` of the text of
             every document of file 0 (a corpus of one document gets a validation split); None: off.
+        tokenizer: the run's tokenizer (`krony.tokenizer.tokenizer_for(teacher)`); None: GPT-2's BPE.
         resume: where a resumed run picks up, from `resume_position`: blocks each worker already
             delivered, and which worker delivers next. The skipped blocks are regenerated and
             dropped (the shuffle buffer and packing state must be rebuilt), at the pipeline's
@@ -165,6 +167,7 @@ class PackedBlocks(IterableDataset):
         resume: "ResumePosition | None" = None,
         max_document_chars: int = 1_000_000,
         val_fraction: float | None = None,
+        tokenizer: TextTokenizer | None = None,
     ) -> None:
         if split not in ("train", "val"):
             raise ValueError(f"split must be 'train' or 'val', got {split!r}")
@@ -174,6 +177,7 @@ class PackedBlocks(IterableDataset):
         self.resume = resume
         self.max_document_chars = max_document_chars
         self.val_fraction = val_fraction
+        self.tokenizer = tokenizer or TextTokenizer()
         self.stats = DocumentStats()  # of the iterating process (each dataloader worker has its own)
 
     def documents(self, shard: int, num_shards: int, epoch: int = 0, shuffle_files: bool = True) -> Iterator[str]:
@@ -225,7 +229,7 @@ class PackedBlocks(IterableDataset):
             epoch += 1
 
     def _encode(self, text: str) -> list[int]:
-        ids = encode_document(text)
+        ids = self.tokenizer.encode_document(text)
         if len(ids) > self.block_size + 1:
             self.stats.count("long")
         return ids
@@ -260,9 +264,10 @@ def resume_position(batches: int, batch_size: int, num_workers: int) -> ResumePo
     return ResumePosition(tuple(n * batch_size for n in per_worker), batches % workers)
 
 
-def stream_throughput(source: TextSource, workers: int, block_size: int = 1024, seconds: float = 10.0) -> dict:
+def stream_throughput(source: TextSource, workers: int, block_size: int = 1024, seconds: float = 10.0,
+                      tokenizer: TextTokenizer | None = None) -> dict:
     """Training tokens/s of the stream through a DataLoader with `workers` workers (after start-up)."""
-    ds = PackedBlocks(source, block_size, val_documents=0, shuffle_buffer=0)
+    ds = PackedBlocks(source, block_size, val_documents=0, shuffle_buffer=0, tokenizer=tokenizer)
     loader = torch.utils.data.DataLoader(ds, batch_size=8, num_workers=workers)
     it = iter(loader)
     next(it)  # start-up: workers spawn, tokenizer and dataset load

@@ -24,8 +24,10 @@ from omegaconf import OmegaConf
 
 from krony.config import HARNESS_TASKS
 from krony.eval.data import DATASETS
-from krony.eval.protocols import evaluate_model, markdown_row, record
-from krony.hf import resolve_model
+from krony.eval.protocols import check_request, evaluate_model, markdown_row, record
+from krony.hf import resolve_model, resolved_folder
+from krony.lm import context_length
+from krony.tokenizer import tokenizer_for
 from krony.fileio import write_text
 
 
@@ -80,14 +82,17 @@ def parse_args(argv: list[str]) -> EvalConfig:
 
 def run(cfg: EvalConfig) -> dict[str, Any]:
     """Evaluate, write eval-<protocol>.json, print a markdown row; returns the record."""
+    check_request(cfg.protocol, list(cfg.datasets))  # before the model loads
     device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     model, run_dir = resolve_model(cfg.model)
     model.to(device)
+    tokenizer = tokenizer_for(resolved_folder(cfg.model))
     results = evaluate_model(model, list(cfg.datasets), cfg.protocol, cfg.context, cfg.stride, cfg.split,
-                             cfg.data_dir, cfg.batch_size, cfg.max_tokens, cfg.max_examples, tasks=list(cfg.tasks))
+                             cfg.data_dir, cfg.batch_size, cfg.max_tokens, cfg.max_examples, tasks=list(cfg.tasks),
+                             tokenizer=tokenizer)
     settings: dict[str, Any] = {"max_examples": cfg.max_examples}
     if cfg.protocol != "harness":
-        settings.update(context=min(cfg.context, model.config.block_size), split=cfg.split, max_tokens=cfg.max_tokens,
+        settings.update(context=min(cfg.context, context_length(model)), split=cfg.split, max_tokens=cfg.max_tokens,
                         stride=cfg.stride if cfg.protocol == "sliding" else cfg.context)
     rec = record(model, cfg.model, cfg.protocol, results, **settings)
     output = Path(cfg.output) if cfg.output else (run_dir or Path(".")) / f"eval-{cfg.protocol}.json"

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from krony.config import EVAL_DATASETS
-from krony.tokenizer import gpt2_encoding
+from krony.tokenizer import TextTokenizer
 
 DATASETS = EVAL_DATASETS
 
@@ -156,9 +156,9 @@ def paper_text(rows: Sequence[str]) -> str:
     return "\n\n".join(rows)
 
 
-def token_ids(rows: Sequence[str]) -> list[int]:
-    """The paper protocol's token stream of `rows`."""
-    return gpt2_encoding().encode_ordinary(paper_text(list(rows)))
+def token_ids(rows: Sequence[str], tokenizer: TextTokenizer | None = None) -> list[int]:
+    """The paper protocol's token stream of `rows`, in the model's tokenizer (None: GPT-2's BPE)."""
+    return (tokenizer or TextTokenizer()).encode(paper_text(list(rows)))
 
 
 __all__ = [

@@ -27,8 +27,8 @@ from tqdm.auto import tqdm
 from krony.compression import count_params
 from krony.config import EVAL_PROTOCOLS, HARNESS_TASKS
 from krony.eval.data import DATASETS, load_rows, token_ids
-from krony.model import GPT
-from krony.tokenizer import EOT
+from krony.lm import context_length, logits as lm_logits
+from krony.tokenizer import TextTokenizer
 
 PROTOCOLS = EVAL_PROTOCOLS
 
@@ -76,13 +76,13 @@ def score_windows(
     for i in tqdm(range(0, len(spans), batch_size), desc="windows", disable=not progress, unit="batch"):
         batch = spans[i : i + batch_size]
         width = max(end - start for start, end, _ in batch)
-        x = torch.full((len(batch), width), EOT, dtype=torch.long)
+        x = torch.zeros(len(batch), width, dtype=torch.long)  # right padding: never attended to, never scored
         mask = torch.zeros(len(batch), width, dtype=torch.bool)  # targets to score
         for row, (start, end, first) in enumerate(batch):
             x[row, : end - start] = ids[start:end]
             mask[row, first - start - 1 : end - start - 1] = True  # target at p is predicted at p-1
         x, mask = x.to(device), mask.to(device)
-        logits = model(x[:, :-1])[0] if width > 1 else None
+        logits = lm_logits(model, x[:, :-1]) if width > 1 else None
         if logits is None:
             continue
         losses = F.cross_entropy(logits.float().transpose(1, 2), x[:, 1:], reduction="none")  # (B, width-1)
@@ -132,8 +132,17 @@ def perplexity(
     return res.paper_ppl if stride == context else res.token_ppl
 
 
+def check_request(protocol: str, datasets: list[str] | None = None) -> None:
+    """ValueError for an unknown protocol, or datasets the paper and sliding protocols do not know."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; valid choices: {', '.join(PROTOCOLS)}")
+    bad = [d for d in datasets or [] if d not in DATASETS]
+    if protocol != "harness" and bad:
+        raise ValueError(f"unknown datasets {bad}; valid choices: {', '.join(DATASETS)} (lm-eval tasks need protocol=harness)")
+
+
 def evaluate_model(
-    model: GPT,
+    model: torch.nn.Module,
     datasets: list[str] | None = None,
     protocol: str = "paper",
     context: int = 1024,
@@ -145,29 +154,28 @@ def evaluate_model(
     max_examples: int | None = None,
     progress: bool = True,
     tasks: list[str] | None = None,
+    tokenizer: TextTokenizer | None = None,
 ) -> dict[str, dict[str, Any]]:
     """{dataset or task: metrics, with "source"} under `protocol` (see the module docstring).
 
     paper / sliding score `datasets` (perplexity, windows, tokens, rows); harness runs the lm-eval
-    `tasks` (`krony.eval.harness.evaluate`; `max_examples` is its `limit`)."""
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"unknown protocol {protocol!r}; valid choices: {', '.join(PROTOCOLS)}")
+    `tasks` (`krony.eval.harness.evaluate`; `max_examples` is its `limit`). `tokenizer`: the
+    model's (`krony.tokenizer.tokenizer_for`); None: GPT-2's BPE."""
+    check_request(protocol, datasets)
     if protocol == "harness":
         try:
             from krony.eval.harness import evaluate as harness_evaluate
         except ModuleNotFoundError as e:
             raise ValueError(f"protocol=harness needs lm-evaluation-harness ({e}): pip install -e '.[eval]'") from None
 
-        return harness_evaluate(model, tasks or HARNESS_TASKS, data_dir, batch_size, max_examples, progress=progress)
+        return harness_evaluate(model, tasks or HARNESS_TASKS, data_dir, batch_size, max_examples, progress=progress,
+                                tokenizer=tokenizer)
     datasets = list(DATASETS) if datasets is None else datasets
-    bad = [d for d in datasets if d not in DATASETS]
-    if bad:
-        raise ValueError(f"unknown datasets {bad}; valid choices: {', '.join(DATASETS)} (lm-eval tasks need protocol=harness)")
-    context = min(context, model.config.block_size)
+    context = min(context, context_length(model))
     out: dict[str, dict[str, Any]] = {}
     for name in datasets:
         loaded = load_rows(name, split, data_dir)
-        ids = token_ids(loaded.rows)
+        ids = token_ids(loaded.rows, tokenizer)
         ids = ids[:max_tokens] if max_tokens else ids
         res = score_windows(model, ids, context, stride if protocol == "sliding" else context, batch_size, progress=progress)
         ppl = res.paper_ppl if protocol == "paper" else res.token_ppl
@@ -176,7 +184,7 @@ def evaluate_model(
     return out
 
 
-def record(model: GPT, name: str, protocol: str, results: dict[str, dict[str, Any]], **settings: Any) -> dict[str, Any]:
+def record(model: torch.nn.Module, name: str, protocol: str, results: dict[str, dict[str, Any]], **settings: Any) -> dict[str, Any]:
     """What results files hold: the model, its size, the protocol and its settings, the results."""
     return {"model": name, "params": count_params(model), "protocol": protocol, **settings, "results": results}
 
@@ -200,6 +208,7 @@ def markdown_row(model_name: str, params: int, results: dict[str, dict[str, Any]
 __all__ = [
     "PROTOCOLS",
     "WindowResult",
+    "check_request",
     "evaluate_model",
     "markdown_row",
     "perplexity",

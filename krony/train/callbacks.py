@@ -19,6 +19,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar, TQDMPr
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
+from krony.export import save_pretrained
 from krony.hf import load_state_dict_checked
 from krony.fileio import torch_load, write_text
 from krony.train.preempt import SIGNALS, Aborted, Preempted, requeue_slurm_job, slurm_job_id
@@ -184,7 +185,8 @@ class HParamsSummary(L.Callback):
 
 class ExportModel(L.Callback):
     """At the end of fit, saves the best-by-validation student (else the last) with
-    `save_pretrained` into `dirpath`; `krony.GPT.from_pretrained(dirpath)` loads it."""
+    `krony.save_pretrained` into `dirpath`, with the run's tokenizer; `krony.causal_lm.load_model`
+    (or transformers with `trust_remote_code=True`, without krony) loads it."""
 
     def __init__(self, dirpath: str) -> None:
         self.dirpath = dirpath
@@ -198,7 +200,8 @@ class ExportModel(L.Callback):
             weights = {k.removeprefix("student."): v for k, v in state.items() if k.startswith("student.")}
             student = copy.deepcopy(module.student).cpu()  # same structure, compressed layers included
             load_state_dict_checked(student, weights)
-        student.save_pretrained(self.dirpath)
+        tokenizer = module.tokenizer
+        save_pretrained(student, self.dirpath, tokenizer=None if tokenizer.source is None else tokenizer.hf())
 
 
 class EvaluateAtEnd(L.Callback):
@@ -229,16 +232,16 @@ class EvaluateAtEnd(L.Callback):
     def _evaluate(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if not (self.tasks if self.protocol == "harness" else self.datasets):
             return
+        from krony.causal_lm import load_model
         from krony.eval.protocols import evaluate_model, record
-        from krony.model import GPT
 
         model = module.student
         if self.model_dir and (Path(self.model_dir) / "config.json").exists():
-            model = GPT.from_pretrained(self.model_dir).to(module.device)
+            model = load_model(self.model_dir).to(module.device)
         try:
             results = evaluate_model(model, self.datasets, self.protocol, self.context, self.stride, "test",
                                      self.data_dir, self.batch_size, self.max_tokens, self.max_examples, progress=True,
-                                     tasks=self.tasks)
+                                     tasks=self.tasks, tokenizer=module.tokenizer)
         except ValueError as e:
             log.warning("evaluation after training skipped: %s", e)
             return

@@ -22,6 +22,9 @@ from krony.compression import CONVENTIONS, count_params, kronecker_layers
 from krony.config import DistillConfig, FreezeConfig, ModelConfig, NestConfig, OptimConfig, to_dict
 from krony.flops import analytic_flops_per_token
 from krony.hf import state_dict_problems
+from krony.lm import context_length, hidden_and_logits, logits
+from krony.targets import get_family
+from krony.tokenizer import TextTokenizer, tokenizer_for
 from krony.train.build import build_student
 from krony.train.freeze import apply_freeze
 from krony.train.losses import distillation_loss, lm_loss
@@ -92,26 +95,30 @@ class LanguageModelModule(L.LightningModule):
     def teacher(self):
         return self._teacher[0] if self._teacher else None
 
+    @property
+    def tokenizer(self) -> TextTokenizer:
+        """The run's tokenizer: the teacher's (GPT-2's BPE for GPT-2 and random GPT-2 weights)."""
+        return tokenizer_for(self.model_cfg.teacher)
+
     # ------------------------------------------------------------------ steps
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        return self.student(idx)[0]
+        return logits(self.student, idx)
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         x, y = batch[:, :-1], batch[:, 1:]  # (B, T) each
         if self.nest_cfg.enabled:
             loss, parts = nested_loss(self.student, self.nest_cfg, x, y, self.global_step, self.seed)
         elif self.teacher is None:
-            loss = lm_loss(self.student(x)[0], y)
+            loss = lm_loss(logits(self.student, x), y)
             parts = {}
         else:
             want_hidden = self.distill_cfg.alpha_cos > 0
             with torch.no_grad():
-                t_hidden = self.teacher.hidden_states(x)
-                t_logits = self.teacher.lm_head(t_hidden)
-            s_hidden = self.student.hidden_states(x)
+                t_hidden, t_logits = hidden_and_logits(self.teacher, x)
+            s_hidden, s_logits = hidden_and_logits(self.student, x)
             out = distillation_loss(
-                self.distill_cfg, self.student.lm_head(s_hidden), t_logits, y,
+                self.distill_cfg, s_logits, t_logits, y,
                 s_hidden if want_hidden else None, t_hidden if want_hidden else None,
             )
             loss = out.pop("loss")
@@ -177,7 +184,7 @@ class LanguageModelModule(L.LightningModule):
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
         x, y = batch[:, :-1], batch[:, 1:]
         if not self.nest_cfg.enabled:
-            self.val_loss.update(lm_loss(self.student(x)[0], y), weight=y.numel())
+            self.val_loss.update(lm_loss(logits(self.student, x), y), weight=y.numel())
             return
         losses = prefix_losses(self.student, self.nest_cfg, x, y)  # every prefix, the largest is the full model
         self.val_loss.update(losses[self.nest_cfg.prefixes[-1]], weight=y.numel())
@@ -248,11 +255,12 @@ class LanguageModelModule(L.LightningModule):
     # ------------------------------------------------------------------ what gets logged
 
     def scalar_values(self) -> dict[str, float]:
-        """{"scalars/h{i}.{c_fc|c_proj}/{k}": s_k} for every Kronecker layer with scalars."""
+        """{"scalars/h{i}.{matrix}/{k}": s_k} for every Kronecker layer with scalars (h3.c_fc, h3.up_proj)."""
         out = {}
+        blocks = get_family(self.student).blocks + "."
         for name, layer in kronecker_layers(self.student).items():
             if layer.scalars is not None:
-                short = name.replace("transformer.", "").replace(".mlp", "").replace("h.", "h")
+                short = "h" + name.removeprefix(blocks).replace(".mlp.", ".") if name.startswith(blocks) else name
                 out.update({f"scalars/{short}/{k}": s.item() for k, s in enumerate(layer.scalars.detach())})
         return out
 
@@ -265,7 +273,7 @@ class LanguageModelModule(L.LightningModule):
             **{f"model/params_{c}": float(count_params(self.student, c)) for c in CONVENTIONS if c != "table1"},
             "model/compression_ratio": self.teacher_params / params,
             "model/frozen_params": float(sum(p.numel() for p in self.student.parameters() if not p.requires_grad)),
-            "model/flops_per_token": float(analytic_flops_per_token(self.student, self.student.config.block_size,
+            "model/flops_per_token": float(analytic_flops_per_token(self.student, context_length(self.student),
                                                                     backward=False)),
         }
 

@@ -25,6 +25,7 @@ import torch
 from krony.compression import kronecker_layers
 from krony.config import NestConfig
 from krony.nested import Sizes, set_active_factors
+from krony.lm import logits as lm_logits
 from krony.train.losses import lm_loss, soft_target_kl
 
 
@@ -78,7 +79,7 @@ def nested_loss(student, cfg: NestConfig, x: torch.Tensor, y: torch.Tensor, step
     try:
         for p in prefixes:
             set_active_factors(student, p.sizes)
-            logits = student(x)[0]  # (B, T, V)
+            logits = lm_logits(student, x)  # (B, T, V)
             if p.distil and reference is not None:
                 loss = soft_target_kl(logits, reference, cfg.temperature)
                 with torch.no_grad():  # logged only: no graph over the (B, T, V) log-softmax
@@ -101,7 +102,7 @@ def prefix_losses(student, cfg: NestConfig, x: torch.Tensor, y: torch.Tensor) ->
     try:
         for k in cfg.prefixes:
             set_active_factors(student, k)
-            out[k] = lm_loss(student(x)[0], y)
+            out[k] = lm_loss(lm_logits(student, x), y)
     finally:
         set_active_factors(student, None)
     return out

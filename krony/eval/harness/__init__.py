@@ -1,7 +1,8 @@
 """lm-evaluation-harness on krony models: the engine behind `protocol=harness`.
 
-`KronyLM` is an lm-eval model (a `TemplateLM`) that scores with krony's own `GPT`, factored
-layers and all, batched. It is registered in lm-eval's model registry as "krony" when this
+A transformers model of any family (compressed or not) runs as lm-eval's own `HFLM`, given the
+model object and its tokenizer. krony's GPT-2 runs as `KronyLM`, an lm-eval model (a
+`TemplateLM`) that scores with krony's own `GPT`, factored layers and all, batched. It is registered in lm-eval's model registry as "krony" when this
 module is imported, so
 
     python -m krony.eval model=<run dir | model dir | hub name> protocol=harness tasks=[wikitext,lambada_openai]
@@ -39,7 +40,7 @@ from tqdm.auto import tqdm
 
 from krony.config import HARNESS_TASKS
 from krony.eval.data import file_sha256, lambada_rows_from_file, local_file
-from krony.tokenizer import EOT, gpt2_encoding
+from krony.tokenizer import EOT, TextTokenizer, gpt2_encoding
 
 log = logging.getLogger(__name__)
 
@@ -242,6 +243,24 @@ def local_lambada_openai(data_dir: str | None = None, **_: Any):
 # ---------------------------------------------------------------- running it
 
 
+def lm_eval_model(model: Any, batch_size: int = 8, dtype: str = "float32", tokenizer: TextTokenizer | None = None) -> Any:
+    """The lm-eval model for `model`: `KronyLM` for krony's `GPT`, lm-eval's `HFLM` for a
+    transformers model (which needs the model's `tokenizer`)."""
+    from krony.model import GPT
+
+    device = str(next(model.parameters()).device)
+    if isinstance(model, GPT):
+        return KronyLM(model=model, batch_size=batch_size, device=device, dtype=dtype)
+    if tokenizer is None or tokenizer.source is None:
+        raise ValueError(f"the harness needs the tokenizer of this {type(model).__name__}: pass the model's "
+                         f"(krony.tokenizer.tokenizer_for(<model folder, hub id or .gguf>))")
+    from lm_eval.models.huggingface import HFLM
+
+    mixed = None if dtype == "float32" else dtype
+    return HFLM(pretrained=model, tokenizer=tokenizer.hf(), batch_size=batch_size, device=device,
+                mixed_precision_dtype=mixed)
+
+
 def evaluate(
     model: Any,
     tasks: list[str] | tuple[str, ...] = HARNESS_TASKS,
@@ -251,8 +270,10 @@ def evaluate(
     dtype: str = "float32",
     num_fewshot: int | None = None,
     progress: bool = True,
+    tokenizer: TextTokenizer | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """{task: {metric: value, ..., "source": ...}} from `lm_eval.simple_evaluate` on a loaded `GPT`.
+    """{task: {metric: value, ..., "source": ...}} from `lm_eval.simple_evaluate` on a loaded model:
+    krony's `GPT` (`KronyLM`, GPT-2's BPE) or a transformers model with `tokenizer` (lm-eval's `HFLM`).
 
     `data_dir` runs `wikitext` and `lambada_openai` from local files (`LOCAL_TASKS`); other
     tasks come from the hub (or its cache). `limit` scores only the first N documents of each
@@ -266,7 +287,7 @@ def evaluate(
             if task in LOCAL_TASKS:
                 _local_file(task, data_dir)  # fail before loading anything
     manager = TaskManager(include_path=str(TASKS_DIR) if local else None, metadata={"data_dir": data_dir} if local else None)
-    lm = KronyLM(model=model, batch_size=batch_size, device=str(next(model.parameters()).device), dtype=dtype)
+    lm = lm_eval_model(model, batch_size, dtype, tokenizer)
     try:
         res = lm_eval.simple_evaluate(model=lm, tasks=list(tasks), task_manager=manager, limit=limit,
                                       num_fewshot=num_fewshot, verbosity="WARNING", log_samples=False,
