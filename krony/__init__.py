@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "compress": "krony.compression", "save_pretrained": "krony.export", "CompressConfig": "krony.config",
     "load_causal_lm": "krony.causal_lm", "count_params": "krony.compression", "decompress": "krony.compression",
-    "kronecker_layers": "krony.compression", "factored_layers": "krony.compression", "model_size": "krony.compression",
+    "kronecker_layers": "krony.compression", "factored_layers": "krony.compression", "model_size": "krony.sizing",
     "INITS": "krony.layers.kronecker_init", "prune": "krony.layers.kronecker_init", "random_factors": "krony.layers.kronecker_init", "vanloan": "krony.layers.kronecker_init",
     "FactoredLinear": "krony.layers", "STRUCTURES": "krony.layers", "KroneckerLinear": "krony.layers.kronecker", "choose_path": "krony.layers.kronecker", "kron_weight": "krony.layers.kronecker",
     "path_costs": "krony.layers.kronecker",

@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from krony.causal_lm import is_gpt2_preset, load_model
-from krony.compression import CONVENTIONS, compress, count_params, decompress, factored_layers, model_size
+from krony.compression import CONVENTIONS, compress, count_params, decompress, factored_layers
+from krony.sizing import model_size
 from krony.config import MATCHES, PRESETS, CompressConfig, ConfigError, GPTConfig
 from krony.export import save_pretrained
 from krony.layers import STRUCTURES

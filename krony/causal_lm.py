@@ -50,6 +50,27 @@ def load_model(spec: str | os.PathLike) -> nn.Module:
     return GPT.from_pretrained(spec) if is_gpt2(spec) else load_causal_lm(spec)
 
 
+def resolved_folder(name_or_path: str) -> str:
+    """What `resolve_model` loads for `name_or_path`: a run directory's `export/`, else the name
+    itself (its tokenizer is the model's: `krony.tokenizer.tokenizer_for`)."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir() and not (path / "config.json").exists() and (path / "export" / "config.json").exists():
+        return str(path / "export")
+    if path.is_dir() and not (path / "config.json").exists() and (path / "checkpoints").exists():
+        raise ValueError(f"{path} is a run directory without export/ (the run has not finished): evaluate a finished run "
+                         f"or a directory with config.json + model.safetensors")
+    return str(name_or_path)
+
+
+def resolve_model(name_or_path: str) -> tuple[nn.Module, Path | None]:
+    """(model, run directory or None): a run directory loads its `export/`, anything else goes to
+    `load_model` (GPT-2 as krony's `GPT`, other families through transformers:
+    hub name, model directory, weights file, `.gguf` file)."""
+    folder = resolved_folder(name_or_path)
+    run_dir = Path(name_or_path).expanduser() if folder != str(name_or_path) else None
+    return load_model(folder), run_dir
+
+
 def split_gguf(spec: str | os.PathLike) -> tuple[Path, str] | None:
     """(folder, file name) of a `.gguf` path, else None."""
     path = Path(spec).expanduser()
@@ -172,4 +193,4 @@ def load_export(folder: Path, d: dict[str, Any], dtype: torch.dtype = torch.floa
     return model.to(dtype).eval()
 
 
-__all__ = ["GGUF", "GPT2_TYPES", "is_gpt2", "is_gpt2_preset", "load_model", "load_causal_lm", "load_config", "load_export", "load_tokenizer", "split_gguf"]
+__all__ = ["GGUF", "GPT2_TYPES", "is_gpt2", "is_gpt2_preset", "load_model", "load_causal_lm", "load_config", "load_export", "load_tokenizer", "resolve_model", "resolved_folder", "split_gguf"]

@@ -18,10 +18,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from krony.config import CONVENTIONS, LAYER_SETS, CompressConfig, ConfigError, GPTConfig
+from krony.config import CONVENTIONS, LAYER_SETS, CompressConfig, ConfigError
 from krony.layers import FactoredLinear, KroneckerLinear, get_structure
 from krony.layers.base import budget_of
-from krony.model import GPT
 from krony.schemes import Scheme
 from krony.targets import Family, Target, dense_weight, embedding_params, find_targets, get_family, n_blocks
 
@@ -272,27 +271,6 @@ def count_params(model: nn.Module, convention: str = "table1") -> int:
     return sum(p.numel() for p in model.parameters() if id(p) not in excluded)
 
 
-def model_size(
-    scheme: str | Scheme | tuple[int, int] | int | None = None,
-    factors: int = 1,
-    scalars: bool = False,
-    config: GPTConfig | None = None,
-    layers: str | Sequence[int] = "all",
-    convention: str = "table1",
-    structure: str = "kronecker",
-    match: str = "params",
-    **structure_options: Any,
-) -> int:
-    """Parameter count of a (compressed) model, built on the meta device: no memory, no init.
-    `structure` other than kronecker is sized to `scheme`'s budget by `match` (see `compress`)."""
-    with torch.device("meta"):
-        model = GPT(config or GPTConfig())
-    if scheme is not None:
-        compress(model, scheme, init="random", factors=factors, scalars=scalars, layers=layers, structure=structure,
-                 structure_options=structure_options, match=match)
-    return count_params(model, convention)
-
-
 __all__ = [
     "CONVENTIONS",
     "compress",
@@ -305,7 +283,6 @@ __all__ = [
     "install",
     "kronecker_layers",
     "layer_for",
-    "model_size",
     "replace_module",
     "select_layers",
     "unfuse_ffn",

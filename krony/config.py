@@ -8,7 +8,6 @@ their `_target_`, and `hydra.utils.instantiate` builds them for the LightningMod
 
 from __future__ import annotations
 
-import difflib
 import math
 import re
 import types
@@ -17,6 +16,7 @@ from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Any, Mapping
 
 from krony.structures import REGISTRY, STRUCTURE_NAMES
+from krony.suggest import suggest
 
 INIT_METHODS = ("vanloan", "prune", "random")
 """Initialisations of the Kronecker factors, by name (`krony.layers.kronecker_init.INITS` maps them to functions)."""
@@ -52,14 +52,6 @@ class ConfigError(ValueError):
     def __init__(self, key: str, value: Any, hint: str) -> None:
         self.key, self.value, self.hint = key, value, hint
         super().__init__(f"{key}={value!r}: {hint}")
-
-
-def suggest(word: str, choices: typing.Iterable[str]) -> str:
-    """' (did you mean X?)' for the closest of `choices`, compared case-insensitively; '' if none is close."""
-    choices = list(choices)
-    lowered = {c.lower(): c for c in choices}
-    close = difflib.get_close_matches(str(word).lower(), list(lowered), n=1, cutoff=0.6)
-    return f" (did you mean {lowered[close[0]]}?)" if close else ""
 
 
 def check_factors(factors: Any, key: str = "factors") -> int:

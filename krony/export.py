@@ -33,6 +33,7 @@ from krony.compression import factored_layers
 from krony.fileio import atomic_write, write_text
 from krony.structures import REGISTRY
 from krony.targets import EXPORT_PREFIX as PREFIX
+from krony.targets import KRONY_GPT, family_name
 
 REMOTE_CODE = Path(__file__).parent / "hf_remote"
 """transformers remote-code files copied into compressed exports (they import only torch and transformers)."""
@@ -117,9 +118,7 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike, tokenizer: A
     """Save `model` (krony's `GPT` or a transformers causal LM, compressed or dense) into
     `directory`; a compressed one loads in transformers without krony (module docstring).
     `tokenizer`: a transformers tokenizer to save beside it (krony's `GPT` always gets GPT-2's)."""
-    from krony.model import GPT
-
-    if isinstance(model, GPT):
+    if family_name(model) == KRONY_GPT:  # krony's GPT writes the HF GPT-2 layout itself
         return model.save_pretrained(directory)
     config = model.config.to_dict()
     for key in ("quantization_config", "_name_or_path"):  # a GGUF file's: the weights saved are floats

@@ -34,7 +34,6 @@ from krony.config import GPTConfig
 from krony.export import LAYERS_KEY, compressed_config, layers_from_spec, stored_state_dict, write_folder
 from krony.fileio import InvalidFile, describe_load_error, torch_load
 from krony.hub import WEIGHT_FILES, looks_like_path, model_files
-from krony.model import GPT
 
 TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 """HF Conv1D weights, stored (in, out): transposed to and from our (out, in)."""
@@ -71,7 +70,7 @@ def from_hf_state_dict(sd: dict[str, torch.Tensor], stored: dict[str, str] | Non
     return out
 
 
-def to_hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
+def to_hf_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """Our state dict -> HF GPT-2 layout: Conv1D weights transposed, tied `lm_head` left out,
     and each factored layer's `stored_as_weight` factor (Kronecker: A) under the dense
     weight's key, `<module>.weight` (`krony.export.stored_state_dict`; `from_hf_state_dict`
@@ -123,7 +122,7 @@ def _short_list(items: list[str], limit: int = 12) -> str:
 # ---------------------------------------------------------------- configs
 
 
-def hf_config_dict(model: GPT) -> dict[str, Any]:
+def hf_config_dict(model: nn.Module) -> dict[str, Any]:
     """config.json for `model`: HF GPT-2 fields, plus the factored layers of a compressed model."""
     c = model.config
     d: dict[str, Any] = {
@@ -273,8 +272,9 @@ def _resolve_local(path: Path) -> tuple[Path, Path | None]:
     return path, cfg if cfg.exists() else None
 
 
-def load_model(name_or_path: str | os.PathLike, **overrides: Any) -> GPT:
-    """A GPT from a local directory or weights file, or else a hub name; see `GPT.from_pretrained`."""
+def load_model(model_cls: type[nn.Module], name_or_path: str | os.PathLike, **overrides: Any) -> nn.Module:
+    """A `model_cls` (krony's `GPT`, whose `from_pretrained` calls this) from a local directory or
+    weights file, or else a hub name."""
     path = Path(name_or_path).expanduser()
     if path.exists():
         weights, cfg_path = _resolve_local(path)
@@ -286,7 +286,7 @@ def load_model(name_or_path: str | os.PathLike, **overrides: Any) -> GPT:
     layers = layers_from_spec(saved_layers(cfg_dict))
     sd = from_hf_state_dict(read_weights(weights), {name: layer.stored_as_weight for name, layer in layers.items()})
     config = config_from_hf(cfg_dict, **overrides) if cfg_dict else config_from_state_dict(sd, **overrides)
-    model = GPT(config)
+    model = model_cls(config)
     if not cfg_dict:
         _check_dense_weights(model, sd, weights)
     install(model, layers)
@@ -294,7 +294,7 @@ def load_model(name_or_path: str | os.PathLike, **overrides: Any) -> GPT:
     return model
 
 
-def _check_dense_weights(model: GPT, sd: dict[str, torch.Tensor], weights: Path) -> None:
+def _check_dense_weights(model: nn.Module, sd: dict[str, torch.Tensor], weights: Path) -> None:
     """Without config.json only a dense GPT-2 can be read: a compressed model's weights (factors,
     scalars, another shape at c_fc.weight) need the layers config.json records."""
     expected = model.state_dict()
@@ -305,34 +305,11 @@ def _check_dense_weights(model: GPT, sd: dict[str, torch.Tensor], weights: Path)
                          f"records; copy config.json from the folder the model was saved in (save_pretrained writes both)")
 
 
-def resolved_folder(name_or_path: str) -> str:
-    """What `resolve_model` loads for `name_or_path`: a run directory's `export/`, else the name
-    itself (its tokenizer is the model's: `krony.tokenizer.tokenizer_for`)."""
-    path = Path(name_or_path).expanduser()
-    if path.is_dir() and not (path / "config.json").exists() and (path / "export" / "config.json").exists():
-        return str(path / "export")
-    if path.is_dir() and not (path / "config.json").exists() and (path / "checkpoints").exists():
-        raise ValueError(f"{path} is a run directory without export/ (the run has not finished): evaluate a finished run "
-                         f"or a directory with config.json + model.safetensors")
-    return str(name_or_path)
-
-
-def resolve_model(name_or_path: str) -> tuple[nn.Module, Path | None]:
-    """(model, run directory or None): a run directory loads its `export/`, anything else goes to
-    `krony.causal_lm.load_model` (GPT-2 as krony's `GPT`, other families through transformers:
-    hub name, model directory, weights file, `.gguf` file)."""
-    from krony.causal_lm import load_model as load_any
-
-    folder = resolved_folder(name_or_path)
-    run_dir = Path(name_or_path).expanduser() if folder != str(name_or_path) else None
-    return load_any(folder), run_dir
-
-
-def save_model(model: GPT, directory: str | os.PathLike) -> Path:
+def save_model(model: nn.Module, directory: str | os.PathLike) -> Path:
     """Write config.json + model.safetensors into `directory` (created), atomic per file, and
-    GPT-2's tokenizer files (`krony.tokenizer.save_hf_tokenizer`); a compressed model also gets
+    GPT-2's tokenizer files (`krony.gpt2_bpe.save_hf_tokenizer`); a compressed model also gets
     the remote code transformers loads it with (`krony.export`)."""
-    from krony.tokenizer import save_hf_tokenizer
+    from krony.gpt2_bpe import save_hf_tokenizer
 
     out = write_folder(directory, to_hf_state_dict(model), hf_config_dict(model), ("GPT2Config", "GPT2LMHeadModel"))
     save_hf_tokenizer(out)
@@ -351,8 +328,6 @@ __all__ = [
     "check_weights",
     "read_config",
     "read_weights",
-    "resolve_model",
-    "resolved_folder",
     "save_model",
     "to_hf_state_dict",
 ]

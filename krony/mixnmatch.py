@@ -217,7 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=8, help="rows per forward")
     args = p.parse_args(argv)
     try:
-        from krony.hf import resolve_model, resolved_folder
+        from krony.causal_lm import resolve_model, resolved_folder
         from krony.tokenizer import tokenizer_for
 
         model = resolve_model(args.model)[0].eval()

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from krony.config import GPTConfig
+from krony.targets import KRONY_GPT
 
 
 class CausalSelfAttention(nn.Module):
@@ -125,7 +126,7 @@ class KVCache:
 class GPT(nn.Module):
     """GPT-2 language model: `forward(idx, targets=None) -> (logits, loss)`."""
 
-    model_type = "krony_gpt"
+    model_type = KRONY_GPT
     """Its family in `krony.targets.FAMILIES` (transformers models give `config.model_type`)."""
 
     def __init__(self, config: GPTConfig) -> None:
@@ -237,7 +238,7 @@ class GPT(nn.Module):
         """
         from krony.hf import load_model
 
-        return load_model(name_or_path, **config_overrides)
+        return load_model(cls, name_or_path, **config_overrides)
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write `model.safetensors` + `config.json`; a dense model in the HF GPT-2 layout."""

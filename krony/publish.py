@@ -27,7 +27,7 @@ from krony.causal_lm import load_model
 from krony.export import save_pretrained
 from krony.hub import MODEL_REPOS, looks_like_path
 from krony.layers import STRUCTURES
-from krony.targets import EXPORT_PREFIX, family_name
+from krony.targets import family_words
 from krony.tokenizer import tokenizer_for
 
 DATASET_NAMES = {"wikitext103": ("wikitext", "WikiText-103", "wikitext-103-v1"),
@@ -152,12 +152,6 @@ STRUCTURE_WORDS = {"kronecker": "sums of Kronecker products, Krony-PT", "lowrank
 """How a model card names each structure."""
 
 
-def model_words(model: Any) -> str:
-    """The model's family in a card's words: "GPT-2" for krony's GPT, else transformers' model type."""
-    name = family_name(model).removeprefix(EXPORT_PREFIX)
-    return "GPT-2" if name in ("gpt", "gpt2") else name
-
-
 def card_text(source: Source, model, repo: str) -> str:
     """README.md of the published folder: YAML metadata and the card's body, claiming only what
     `provenance` finds in the run's records."""
@@ -167,9 +161,9 @@ def card_text(source: Source, model, repo: str) -> str:
     first = next(iter(layers.values()), None)
     origin = provenance(source)
     counts = {c: count_params(model, c) for c in CONVENTIONS}
-    family = model_words(model)
+    family = family_words(model)
     structure = next((n for n, cls in STRUCTURES.items() if isinstance(first, cls)), "dense")
-    tags = ["krony", structure, family_name(model).removeprefix(EXPORT_PREFIX), "compression", "custom_code"] + (
+    tags = ["krony", structure, family.lower().replace("-", ""), "compression", "custom_code"] + (
         ["random-weights"] if origin.random_teacher else [])
     data = ModelCardData(
         license="mit", library_name="transformers", pipeline_tag="text-generation",
@@ -254,8 +248,7 @@ def prepare(path: str | os.PathLike, repo: str, out: str | os.PathLike | None = 
                            "publish it anyway with --allow-random-teacher (its card says so)")
     model = load_model(source.model_dir)
     folder = Path(out) if out else (source.run_dir or source.model_dir.parent) / f"publish-{repo.split('/')[-1]}"
-    tokenizer = tokenizer_for(source.model_dir)
-    save_pretrained(model, folder, tokenizer=None if tokenizer.source is None else tokenizer.hf())
+    save_pretrained(model, folder, tokenizer=tokenizer_for(source.model_dir).hf())
     write_text(folder / "README.md", card_text(source, model, repo))
     return folder
 

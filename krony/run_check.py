@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
-from krony.config import suggest
+from krony.suggest import suggest
 
 HYDRA_INFO_FLAGS = ("cfg", "info", "hydra_help", "shell_completion", "resolve")
 """Hydra flags that print something instead of running: no job starts, nothing to check."""

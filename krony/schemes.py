@@ -138,7 +138,7 @@ def get_scheme(scheme: str | Scheme | tuple[int, int] | list[int]) -> Scheme:
     parts = key.split("x")
     if len(parts) == 2 and all(p.isdigit() and int(p) > 0 for p in parts):
         return Scheme((int(parts[0]), int(parts[1])))
-    from krony.config import suggest
+    from krony.suggest import suggest
 
     names = [s.name for s in NAMED if s.name]
     raise ValueError(

@@ -24,6 +24,8 @@ from typing import Any, Iterable, Sequence
 
 EXPORT_PREFIX = "krony_"
 """A krony export's `model_type` is its family's with this prefix (`krony_llama`)."""
+KRONY_GPT = "krony_gpt"
+"""The family name of krony's own `GPT` (its `model_type`)."""
 ROLES = ("expand", "contract", "square")
 """What a matrix does to the width: d -> wider (expand), wider -> d (contract), d -> d (square)."""
 
@@ -79,7 +81,7 @@ _LLAMA = Family("model.layers", ("mlp.gate_proj", "mlp.up_proj"), ("mlp.down_pro
                 ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"), act="act_fn", gated=True)
 
 FAMILIES: dict[str, Family] = {
-    "krony_gpt": Family(**_GPT2),
+    KRONY_GPT: Family(**_GPT2),
     "gpt2": Family(**_GPT2, transposed=True),
     "llama": _LLAMA,  # SmolLM2 is llama
     "mistral": _LLAMA,
@@ -114,6 +116,12 @@ def family_name(model: Any) -> str:
     """The family of `model`: transformers' `config.model_type`, or krony's `GPT` ("krony_gpt")."""
     name = getattr(model, "model_type", None) or getattr(getattr(model, "config", None), "model_type", None)
     return str(name) if name else type(model).__name__
+
+
+def family_words(model: Any) -> str:
+    """The family in a sentence's words: "GPT-2" for krony's `GPT` and GPT-2, else the model type."""
+    name = family_name(model).removeprefix(EXPORT_PREFIX)
+    return "GPT-2" if name in (KRONY_GPT.removeprefix(EXPORT_PREFIX), "gpt2") else name
 
 
 def get_family(model: Any, required: bool = True) -> Family | None:
@@ -220,5 +228,5 @@ def embedding_params(model: Any) -> tuple[list[Any], list[Any]]:
     return inputs, [] if head is None else [head.weight]
 
 
-__all__ = ["EXPORT_PREFIX", "FAMILIES", "ROLES", "Family", "Target", "dense_weight", "embedding_params", "family_name", "find_targets",
+__all__ = ["EXPORT_PREFIX", "FAMILIES", "KRONY_GPT", "ROLES", "Family", "Target", "dense_weight", "embedding_params", "family_name", "family_words", "find_targets",
            "get_family", "n_blocks", "weight_shape"]

@@ -16,6 +16,7 @@ next, in `krony.preflight`.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -327,10 +328,23 @@ def raise_first(found: list[ConfigError]) -> None:
         raise found[0]
 
 
+VALIDATED: set[str] = set()
+"""Fingerprints of the resolved configs `validate` passed in this process: the command's own
+check, the job and its training each ask, and a config is checked once."""
+
+
 def validate(cfg: DictConfig) -> None:
     """Raise `ConfigError` for the first problem of a composed run config (the others are
-    logged); cheap, reads no data."""
+    logged); cheap, reads no data; a config already passed in this process is not checked again."""
+    try:
+        fingerprint = hashlib.sha256(OmegaConf.to_yaml(cfg, resolve=True).encode()).hexdigest()
+    except Exception:  # noqa: BLE001 - a config that does not resolve: the checks below say why
+        fingerprint = None
+    if fingerprint in VALIDATED:
+        return
     raise_first(problems(cfg))
+    if fingerprint is not None:
+        VALIDATED.add(fingerprint)
 
 
 __all__ = ["ConfigError", "problems", "raise_first", "sections", "validate"]

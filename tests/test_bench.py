@@ -103,3 +103,22 @@ def test_compile_has_no_graph_breaks_through_kronecker_layers(tiny_model, tokens
         with torch.autocast("cpu", dtype=torch.bfloat16):  # as trainer=gpu with model.compile=true runs it
             explanation = torch._dynamo.explain(model)(tokens[:1, :8], tokens[:1, :8])
         assert explanation.graph_break_count == 0, explanation.break_reasons
+
+
+def test_causal_lm_bench_compares_each_structure_with_dense_in_each_dtype(tmp_path, capsys):
+    from families import save_tiny_teacher
+
+    folder = save_tiny_teacher(tmp_path / "tiny-llama")
+    out = tmp_path / "lm.json"
+    assert main(["causal-lm", "--model", str(folder), "--fractions", "0.5", "--seq-len", "16", "--rounds", "1",
+                 "--dtypes", "fp32", "bf16", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["model"], r["dtype"]) for r in rows] == [
+        (m, d) for d in ("float32", "bfloat16") for m in ("dense", "kronecker-ffn50", "lowrank-ffn50", "monarch-ffn50")]
+    for r in rows:
+        assert r["train_tokens_per_sec"] > 0 and r["flops_per_token"] > 0
+        if r["model"] == "dense":
+            assert r["flop_bound"] == 1.0 and r["train_speedup"] == 1.0
+    dense = next(r for r in rows if r["model"] == "dense")
+    assert all(r["flops_per_token"] < dense["flops_per_token"] for r in rows if r["model"] != "dense")
+    assert "| kronecker-ffn50 | bfloat16 |" in capsys.readouterr().out

@@ -162,3 +162,23 @@ def test_run_stops_before_building_anything(tmp_path, monkeypatch):
 def test_missing_checkpoint_to_continue_from(tmp_path):
     e = error_for(tmp_path, [f"ckpt_path={tmp_path}/last.ckpt"])
     assert e.key == "ckpt_path" and "no such checkpoint file" in str(e)
+
+
+def test_a_config_is_validated_once_a_process(tmp_path, monkeypatch):
+    """The command's check, the job and its training each call validate(): the checks run once
+    per config; another config is checked afresh."""
+    import krony.validate as v
+
+    calls = []
+    real = v.problems
+    monkeypatch.setattr(v, "problems", lambda cfg: calls.append(1) or real(cfg))
+    cfg = make_cfg(tmp_path, ["decomp=81m"])
+    for _ in range(3):
+        v.validate(cfg)
+    assert len(calls) == 1
+    v.validate(make_cfg(tmp_path, ["decomp=96m"]))
+    assert len(calls) == 2
+    with pytest.raises(v.ConfigError):
+        v.validate(make_cfg(tmp_path, ["decomp=ffnx"]))
+    with pytest.raises(v.ConfigError):  # a failed config is never remembered as passed
+        v.validate(make_cfg(tmp_path, ["decomp=ffnx"]))

@@ -1,9 +1,10 @@
-"""`python -m krony.bench layer|model|data|compress`: side-by-side speed of factored and dense GPT-2.
+"""`python -m krony.bench layer|model|causal-lm|data|compress`: side-by-side speed of factored and dense models.
 
     python -m krony.bench layer --threads 2                 # FFN pair per Table-1 scheme vs dense, CPU fp32
     python -m krony.bench layer --structure kronecker lowrank monarch --schemes 67m 81m 96m
     python -m krony.bench model --threads 2                 # training / generation tokens/s, dense vs 67m 81m 96m mf2x4
     python -m krony.bench model --device cuda --dtype bf16 --compile --batch 16 --seq-len 1024 --max-batch
+    python -m krony.bench causal-lm --model <hub id | folder | .gguf> --threads 2   # dense vs each structure at 50%, 25%
     python -m krony.bench data                              # stream and memmap tokens/s per dataloader worker
     python -m krony.bench compress --threads 2              # Van Loan on GPT-2 small per scheme, vs a full SVD
 
@@ -33,6 +34,8 @@ COLUMNS = {
     "model": [("model", "{}"), ("params", "{:,}"), ("train_tokens_per_sec", "{:,.0f}"), ("train_speedup", "{:.2f}x"),
               ("gen_tokens_per_sec", "{:,.1f}"), ("gen_speedup", "{:.2f}x"), ("train_step_mib", "{:,.0f}"),
               ("flops_per_token", "{:.3g}"), ("mfu", "{:.1%}"), ("max_batch", "{}")],
+    "causal-lm": [("model", "{}"), ("dtype", "{}"), ("params", "{:,}"), ("train_tokens_per_sec", "{:,.0f}"),
+                  ("train_speedup", "{:.2f}x"), ("flop_bound", "{:.2f}x"), ("flops_per_token", "{:.3g}")],
     "compress": [("scheme", "{}"), ("factors", "{}"), ("svd", "{}"), ("compress_s", "{:.2f}"),
                  ("per_matrix_ms", "{:.0f}"), ("full_svd_s", "{:.2f}"), ("speedup", "{:.1f}x")],
     "data": [("source", "{}"), ("workers", "{}"), ("tokens_per_sec", "{:,.0f}"), ("tokens_per_sec_per_worker", "{:,.0f}")],
@@ -86,6 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2], help="dataloader worker counts")
     data.add_argument("--block-size", type=int, default=1024, help="tokens per block")
     data.add_argument("--seconds", type=float, default=5.0, help="measuring time per setting")
+    lm = sub.add_parser("causal-lm", parents=[common], help="training tokens/s of any causal LM, dense vs each structure")
+    lm.add_argument("--model", required=True, help="hub id, model folder or .gguf file")
+    lm.add_argument("--structures", nargs="+", default=["kronecker", "lowrank", "monarch"], help="structures to compare")
+    lm.add_argument("--fractions", type=float, nargs="+", default=[0.5, 0.25], help="FFN fractions kept")
+    lm.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=list(DTYPES), help="fp32 and/or autocast dtypes")
+    lm.add_argument("--batch", type=int, default=1, help="training sequences per step")
+    lm.add_argument("--seq-len", type=int, default=256, help="training tokens per sequence")
     comp = sub.add_parser("compress", parents=[common], help="Van Loan on GPT-2 small per scheme, vs a full SVD")
     comp.add_argument("--schemes", nargs="*", default=None, help="scheme names or m1xn1 (default: 67m 81m 96m 95m)")
     comp.add_argument("--factors", type=int, default=1, help="Kronecker factors per matrix")
@@ -108,6 +118,11 @@ def run(args: argparse.Namespace) -> list[dict]:
         config = GPTConfig.from_preset(args.preset, **({"n_layer": args.n_layer} if args.n_layer else {}))
         return bench_models(args.models, config, args.batch, args.seq_len, args.device, dtype, args.rounds,
                             args.gen_batch, args.prompt, args.new_tokens, args.compile, args.peak_flops, args.max_batch)
+    if args.command == "causal-lm":
+        from krony.bench.model import bench_causal_lm
+
+        return bench_causal_lm(args.model, args.structures, args.fractions, [DTYPES[d] for d in args.dtypes],
+                               args.batch, args.seq_len, args.device, args.rounds)
     if args.command == "compress":
         from krony.bench.compress import bench_compress
 

@@ -1,8 +1,11 @@
 """Whole-model throughput: training tokens/s, generation tokens/s with a KV cache, step memory, MFU.
 
-Every model is built with random weights (speed does not depend on them) from the same
-dense GPT-2, compressed by a Table-1 scheme where named, and all are timed in turns in
-one process so their ratios share the machine's conditions.
+`bench_models`: every model is built with random weights (speed does not depend on them) from
+the same dense GPT-2, compressed by a Table-1 scheme where named. `bench_causal_lm`: any causal
+LM krony loads (a hub id, folder or `.gguf` file), dense against each structure at FFN
+fractions, in fp32 and bf16 autocast, with the FLOP bound (dense FLOPs over the model's) beside
+each speed-up. Either way all models are timed in turns in one process, so their ratios share
+the machine's conditions.
 """
 
 from __future__ import annotations
@@ -11,12 +14,15 @@ import contextlib
 from typing import Callable
 
 import torch
+from torch import nn
 
 from krony.bench.timing import interleaved, peak_rss_bytes, peak_rss_reset, sync
 from krony.compression import compress, count_params
 from krony.config import GPTConfig
 from krony.flops import peak_flops, train_flops
+from krony.lm import logits
 from krony.model import GPT
+from krony.train.losses import lm_loss
 
 MODELS: dict[str, dict] = {
     "gpt2": {},  # dense GPT-2
@@ -46,16 +52,18 @@ def autocast(device: str, dtype: torch.dtype):
     return torch.autocast(torch.device(device).type, dtype=dtype)
 
 
-def train_step_fn(model: GPT, batch: int, seq_len: int, device: str, dtype: torch.dtype) -> Callable[[], None]:
+def train_step_fn(model: nn.Module, batch: int, seq_len: int, device: str, dtype: torch.dtype) -> Callable[[], None]:
     """One AdamW step (fused on CUDA) on a random batch: forward, backward, update."""
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=torch.device(device).type == "cuda")
-    idx = torch.randint(0, model.config.vocab_size, (batch, seq_len + 1), device=device)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4,
+                            fused=torch.device(device).type == "cuda")
+    vocab = model.get_input_embeddings().weight.shape[0]
+    idx = torch.randint(0, vocab, (batch, seq_len + 1), device=device)
     x, y = idx[:, :-1], idx[:, 1:]
     model.train()
 
     def step() -> None:
         with autocast(device, dtype):
-            _, loss = model(x, y)
+            loss = lm_loss(logits(model, x), y)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -142,3 +150,37 @@ def bench_models(names: list[str], config: GPTConfig, batch: int = 2, seq_len: i
         if find_max_batch and torch.device(device).type == "cuda":
             rows[n]["max_batch"] = largest_batch(n, config, seq_len, device, dtype)
     return [rows[n] for n in names]
+
+
+def bench_causal_lm(spec: str, structures: list[str], fractions: list[float], dtypes: list[torch.dtype],
+                    batch: int = 1, seq_len: int = 256, device: str = "cpu", rounds: int = 3) -> list[dict]:
+    """One row per (model, dtype): the dense model of `spec` and each structure at each FFN
+    fraction (random factors: speed does not depend on them), training tokens/s, the speed-up
+    over dense in the same dtype, FLOPs per token and the FLOP bound (dense FLOPs / the model's:
+    the speed-up a FLOP-bound machine would give)."""
+    import copy
+
+    from krony.causal_lm import load_model
+    from krony.compression import compress
+
+    dense = load_model(spec).to(device)
+    models = {"dense": dense}
+    for fraction in fractions:
+        for structure in structures:
+            torch.manual_seed(0)
+            models[f"{structure}-ffn{fraction * 100:g}"] = compress(copy.deepcopy(dense), structure=structure,
+                                                                    ffn_fraction=fraction, init="random")
+    flops = {n: train_flops(m, batch, seq_len) / (batch * seq_len) for n, m in models.items()}
+    rows = []
+    for dtype in dtypes:
+        steps = {n: train_step_fn(m, batch, seq_len, device, dtype) for n, m in models.items()}
+        t = interleaved(steps, device, rounds=rounds, warmup=1)
+        for n, m in models.items():
+            rows.append({"model": n, "dtype": str(dtype).removeprefix("torch."), "params": count_params(m),
+                         "batch": batch, "seq_len": seq_len, "train_tokens_per_sec": batch * seq_len / t[n],
+                         "train_speedup": t["dense"] / t[n], "flops_per_token": flops[n],
+                         "flop_bound": flops["dense"] / flops[n]})
+        for m in models.values():  # the optimizer states go with the step functions
+            m.zero_grad(set_to_none=True)
+        steps = None
+    return rows

@@ -25,7 +25,7 @@ from omegaconf import OmegaConf
 from krony.config import HARNESS_TASKS
 from krony.eval.data import DATASETS
 from krony.eval.protocols import check_request, evaluate_model, markdown_row, record
-from krony.hf import resolve_model, resolved_folder
+from krony.causal_lm import resolve_model, resolved_folder
 from krony.lm import context_length
 from krony.tokenizer import tokenizer_for
 from krony.fileio import write_text

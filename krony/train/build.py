@@ -11,6 +11,7 @@ from krony.compression import compress, count_params
 from krony.config import GPTConfig, ModelConfig
 from krony.fileio import InvalidFile
 from krony.model import GPT, CausalSelfAttention, set_activation
+from krony.targets import family_words
 
 DROPOUT_KEYS = ("dropout", "attention_dropout", "hidden_dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop",
                 "activation_dropout")
@@ -40,8 +41,8 @@ def load_teacher(cfg: ModelConfig, seed: int = 0) -> nn.Module:
 def distil_student(teacher: nn.Module, layers: list[int]) -> GPT:
     """A shallower GPT initialised from the teacher's embeddings, `ln_f` and the chosen blocks."""
     if not isinstance(teacher, GPT):
-        raise ValueError(f"model.kind=distil copies blocks of a GPT-2 teacher; {cfg_name(teacher)} is not one "
-                         f"(compress it with model=krony instead)")
+        raise ValueError(f"model.kind=distil copies blocks of a GPT-2 teacher, not of a {family_words(teacher)} "
+                         f"model: compress it with model=krony instead")
     bad = [i for i in layers if not 0 <= i < teacher.config.n_layer]
     if bad or not layers:
         raise ValueError(f"model.student_layers {layers}: the teacher has blocks 0..{teacher.config.n_layer - 1}")
@@ -53,12 +54,6 @@ def distil_student(teacher: nn.Module, layers: list[int]) -> GPT:
         sd.update({f"transformer.h.{new}." + k[len(prefix):]: v for k, v in teacher.state_dict().items() if k.startswith(prefix)})
     student.load_state_dict(sd)
     return student
-
-
-def cfg_name(model: nn.Module) -> str:
-    from krony.targets import family_name
-
-    return f"a {family_name(model)} model"
 
 
 def untie_head(model: nn.Module) -> None:
@@ -99,8 +94,8 @@ def build_student(cfg: ModelConfig, seed: int = 0, keep_teacher: bool = False) -
     set_dropout(student, cfg.dropout)
     if cfg.activation is not None:
         if not isinstance(student, GPT):
-            raise ValueError(f"model.activation={cfg.activation} switches GPT-2's GELU; {cfg_name(student)} keeps "
-                             f"its own activation: leave model.activation null")
+            raise ValueError(f"model.activation={cfg.activation} switches GPT-2's GELU; a {family_words(student)} "
+                             f"model keeps its own activation: leave model.activation null")
         set_activation(student, cfg.activation)
     if cfg.untie_head:
         untie_head(student)

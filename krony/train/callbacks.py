@@ -200,8 +200,7 @@ class ExportModel(L.Callback):
             weights = {k.removeprefix("student."): v for k, v in state.items() if k.startswith("student.")}
             student = copy.deepcopy(module.student).cpu()  # same structure, compressed layers included
             load_state_dict_checked(student, weights)
-        tokenizer = module.tokenizer
-        save_pretrained(student, self.dirpath, tokenizer=None if tokenizer.source is None else tokenizer.hf())
+        save_pretrained(student, self.dirpath, tokenizer=module.tokenizer.hf())
 
 
 class EvaluateAtEnd(L.Callback):

@@ -82,7 +82,7 @@ class KronyLM(TemplateLM):
         if model is None:
             if pretrained is None:
                 raise ValueError("KronyLM needs pretrained=<run dir, model dir, weights file or hub name>")
-            from krony.hf import resolve_model
+            from krony.causal_lm import resolve_model
 
             model, _ = resolve_model(str(pretrained))
         if device in (None, "auto"):
@@ -251,7 +251,7 @@ def lm_eval_model(model: Any, batch_size: int = 8, dtype: str = "float32", token
     device = str(next(model.parameters()).device)
     if isinstance(model, GPT):
         return KronyLM(model=model, batch_size=batch_size, device=device, dtype=dtype)
-    if tokenizer is None or tokenizer.source is None:
+    if tokenizer is None or tokenizer.hf() is None:
         raise ValueError(f"the harness needs the tokenizer of this {type(model).__name__}: pass the model's "
                          f"(krony.tokenizer.tokenizer_for(<model folder, hub id or .gguf>))")
     from lm_eval.models.huggingface import HFLM
