@@ -265,3 +265,25 @@ def test_a_killed_run_with_a_llama_teacher_resumes_exactly(tmp_path_factory, tea
         for k in reference:
             assert torch.equal(resumed[k], reference[k]), k
         shutil.rmtree(root / "logs", ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_a_hub_teacher_runs_offline_from_the_hub_cache(tmp_path, teacher):
+    """The rehearsal of `model.teacher=HuggingFaceTB/SmolLM2-135M` with internet: the tiny
+    teacher's files stored as huggingface_hub stores a download, HF_HUB_OFFLINE=1. Validation
+    reads the cached config.json, transformers and the tokenizer load from the cache."""
+    import os
+
+    from hubcache import put_repo
+
+    repo = "HuggingFaceTB/SmolLM2-135M"
+    put_repo(tmp_path / "hf" / "hub", "model", repo, {p.name: p.read_bytes() for p in teacher.iterdir()})
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_"))}
+    env.update(HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    out = krony_run(["experiment=smoke", f"model.teacher={repo}", "decomp=ffn50", "context=128"], tmp_path, env=env)
+    assert out.returncode == 2 and "context=128" in out.stderr and "1 to 64" in out.stderr  # the cached config's context
+    out = krony_run(["experiment=smoke", f"model.teacher={repo}", "decomp=ffn50", "structure=lowrank"], tmp_path, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    export = next((tmp_path / "logs" / "runs").glob("ffn50-lowrank-vanloan-r1/*/export"))
+    assert (export / "tokenizer.json").exists()
+    assert json.loads((export / "config.json").read_text())["model_type"] == "krony_llama"
