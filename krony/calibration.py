@@ -13,6 +13,10 @@ input covariance C = X Xᵀ enters:
   whitening): with C = L Lᵀ (Cholesky), the best rank-k Ŵ is the truncated SVD of W L, mapped
   back by L⁻¹; a singular C (fewer tokens than dims) is damped by a small multiple of its
   mean diagonal first.
+- `weighted_kron` lowers the objective for one Kronecker product A ⊗ B by alternating least
+  squares from Van Loan's factors: with B fixed the objective is quadratic in A and its
+  minimiser solves an n1 x n1 system (and the same for B with A fixed), both written with C
+  alone. Each half-step can only lower the objective.
 """
 
 from __future__ import annotations
@@ -87,4 +91,41 @@ def whitened_lowrank(W: torch.Tensor, C: torch.Tensor, rank: int,
     return U.to(W.dtype), V.to(W.dtype)
 
 
-__all__ = ["damped_cholesky", "input_covariances", "output_error", "whitened_lowrank"]
+def _damped_solve(G: torch.Tensor, rhs: torch.Tensor, damping: float = 1e-10) -> torch.Tensor:
+    """X with X G = rhs for a symmetric positive semi-definite G (ridge-damped when singular)."""
+    eye = torch.eye(G.shape[0], dtype=G.dtype, device=G.device)
+    scale = float(G.diagonal().mean()) or 1.0
+    for lam in [0.0] + [damping * 10**i for i in range(12)]:
+        L, info = torch.linalg.cholesky_ex(G + lam * scale * eye)
+        if int(info) == 0:
+            return torch.cholesky_solve(rhs.T, L).T
+    raise ValueError("the least-squares system cannot be solved: its inputs are not finite")
+
+
+def weighted_kron(W: torch.Tensor, C: torch.Tensor, a_dims: tuple[int, int], iters: int = 10,
+                  start: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
+    """(A (m1, n1), B (m2, n2), the objective after Van Loan and after each iteration): one
+    Kronecker product lowering ||(W - A ⊗ B) X||_F² by alternating least squares, given
+    C = X Xᵀ, from `start` (default: Van Loan's factors). float64 inside, W's dtype out."""
+    from krony.layers.kronecker_init import vanloan
+
+    m1, n1 = a_dims
+    m2, n2 = W.shape[0] // m1, W.shape[1] // n1
+    if start is None:
+        A0, B0, _ = vanloan(W.double(), a_dims)
+        start = (A0[0], B0[0])
+    A, B = (t.double() for t in start)
+    W64, C64 = W.double(), C.double()
+    C4 = C64.reshape(n1, n2, n1, n2)  # C[(i k), (j l)]
+    WC4 = (W64 @ C64).reshape(m1, m2, n1, n2)  # (W C)[(a b), (i k)]
+    history = [output_error(W64, torch.kron(A, B), C64)]
+    for _ in range(iters):
+        G = torch.einsum("kl,ikjl->ij", B.T @ B, C4)  # (n1, n1)
+        A = _damped_solve(G, torch.einsum("bk,abik->ai", B, WC4))
+        H = torch.einsum("ij,ikjl->kl", A.T @ A, C4)  # (n2, n2)
+        B = _damped_solve(H, torch.einsum("ai,abik->bk", A, WC4))
+        history.append(output_error(W64, torch.kron(A, B), C64))
+    return A.to(W.dtype), B.to(W.dtype), history
+
+
+__all__ = ["damped_cholesky", "input_covariances", "output_error", "weighted_kron", "whitened_lowrank"]

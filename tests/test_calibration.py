@@ -72,3 +72,26 @@ def test_input_covariances_are_the_inputs_each_module_saw():
         C, rows = stats[n]
         assert rows == 30 and C.shape == (x.shape[1], x.shape[1]) and C.dtype == torch.float64
         torch.testing.assert_close(C, x.T @ x, atol=1e-8, rtol=1e-8)
+
+
+def test_weighted_kron_lowers_the_output_error_from_van_loan_at_every_step():
+    from krony.calibration import weighted_kron
+    from krony.layers.kronecker_init import vanloan
+
+    W = torch.randn(48, 32, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    C = (X := anisotropic()) @ X.T
+    A, B, history = weighted_kron(W, C, (12, 8), iters=10)
+    assert A.shape == (12, 8) and B.shape == (4, 4)
+    A0, B0, _ = vanloan(W, (12, 8))
+    assert history[0] == pytest.approx(output_error(W, torch.kron(A0[0], B0[0]), C), rel=1e-9)  # starts at Van Loan
+    assert all(b <= a * (1 + 1e-12) for a, b in zip(history, history[1:]))  # never up
+    assert history[-1] < 0.9 * history[0]
+    assert output_error(W, torch.kron(A, B), C) == pytest.approx(history[-1], rel=1e-9)
+
+
+def test_weighted_kron_with_white_inputs_stays_at_van_loans_optimum():
+    from krony.calibration import weighted_kron
+
+    W = torch.randn(20, 12, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    _, _, history = weighted_kron(W, torch.eye(12, dtype=torch.float64), (5, 4), iters=4)
+    assert max(history) == pytest.approx(min(history), rel=1e-9)
