@@ -93,15 +93,5 @@ def tokenizer_for(model: str | os.PathLike | None) -> TextTokenizer:
     return TextTokenizer(str(model))
 
 
-def tokenizer_for(model: str | os.PathLike | None) -> TextTokenizer:
-    """The tokenizer a run with teacher `model` uses: GPT-2's BPE for no teacher (random GPT-2
-    weights) or a GPT-2 model (`krony.causal_lm.is_gpt2`), else the model's own."""
-    from krony.causal_lm import is_gpt2
-
-    if model is None or is_gpt2(model):
-        return TextTokenizer(None)
-    return TextTokenizer(str(model))
-
-
 __all__ = ["EOT", "HF_TOKENIZER_FILES", "TextTokenizer", "encode_document", "gpt2_encoding", "save_hf_tokenizer",
            "tokenizer_for"]
