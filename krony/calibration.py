@@ -17,6 +17,11 @@ input covariance C = X Xᵀ enters:
   squares from Van Loan's factors: with B fixed the objective is quadratic in A and its
   minimiser solves an n1 x n1 system (and the same for B with A fixed), both written with C
   alone. Each half-step can only lower the objective.
+- `permute_hidden` reorders a block's FFN hidden units (the rows of its expand matrices and the
+  columns of its contract matrices, from the family table): the model computes the same
+  function. `importance_order` places the units with the most output energy (diag(C) times the
+  squared column norms of the contract matrix, Wanda's and LLM-Pruner's measure) where a
+  pruning init keeps units, so pruning drops the least important half instead of every other one.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import torch
 from torch import nn
 
 from krony.lm import logits
+from krony.targets import get_family
 
 
 @torch.no_grad()
@@ -128,4 +134,33 @@ def weighted_kron(W: torch.Tensor, C: torch.Tensor, a_dims: tuple[int, int], ite
     return A.to(W.dtype), B.to(W.dtype), history
 
 
-__all__ = ["damped_cholesky", "input_covariances", "output_error", "weighted_kron", "whitened_lowrank"]
+@torch.no_grad()
+def permute_hidden(model: nn.Module, block: int, order: torch.Tensor) -> None:
+    """Make hidden unit j of block `block`'s FFN the unit `order[j]` was, in place (dense
+    matrices only: before compressing). The model's function is unchanged."""
+    family = get_family(model)
+    blk = model.get_submodule(family.blocks)[block]
+    for names, axis in ((family.expand, 0), (family.contract, 1)):  # (out, in): expand rows, contract columns
+        for name in names:
+            m = blk.get_submodule(name)
+            dim = 1 - axis if family.transposed else axis  # Conv1D stores (in, out)
+            m.weight.copy_(m.weight.index_select(dim, order.to(m.weight.device)))
+            if axis == 0 and getattr(m, "bias", None) is not None:
+                m.bias.copy_(m.bias[order.to(m.bias.device)])
+
+
+def importance_order(W_contract: torch.Tensor, C: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+    """The hidden-unit order that puts the most important units (output energy: C's diagonal
+    times the squared columns of the contract matrix W (out, hidden)) at the positions `kept`
+    (bool, hidden) in decreasing importance, the rest after them in the other positions."""
+    energy = C.diagonal().double() * W_contract.double().pow(2).sum(0)
+    ranked = torch.argsort(energy, descending=True)
+    order = torch.empty_like(ranked)
+    n = int(kept.sum())
+    order[kept] = ranked[:n]
+    order[~kept] = ranked[n:]
+    return order
+
+
+__all__ = ["damped_cholesky", "importance_order", "input_covariances", "output_error", "permute_hidden",
+           "weighted_kron", "whitened_lowrank"]

@@ -95,3 +95,44 @@ def test_weighted_kron_with_white_inputs_stays_at_van_loans_optimum():
     W = torch.randn(20, 12, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
     _, _, history = weighted_kron(W, torch.eye(12, dtype=torch.float64), (5, 4), iters=4)
     assert max(history) == pytest.approx(min(history), rel=1e-9)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt_neox", "opt", "gpt2"])
+def test_permuting_the_hidden_units_keeps_the_function(family):
+    from krony.calibration import permute_hidden
+
+    model = tiny_model(family)
+    idx = torch.randint(0, 256, (2, 9), generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        before = model(idx).logits
+        for block in range(2):
+            permute_hidden(model, block, torch.randperm(192, generator=torch.Generator().manual_seed(block)))
+        torch.testing.assert_close(model(idx).logits, before, atol=1e-5, rtol=1e-5)
+
+
+def test_importance_ordered_prune_drops_the_least_important_units():
+    """Ordered, the pruning init at B (2, 1) keeps the even positions: exactly the half of the
+    units with the most output energy, so the model equals the dense one with the others removed."""
+    import copy
+
+    from krony.calibration import importance_order, permute_hidden
+    from krony.compression import compress
+
+    model = tiny_model("llama")
+    tokens = torch.randint(0, 256, (4, 16), generator=torch.Generator().manual_seed(8))
+    names = [f"model.layers.{b}.mlp.down_proj" for b in range(2)]
+    stats = input_covariances(model, tokens, names)
+    kept = torch.arange(192) % 2 == 0
+    reference = copy.deepcopy(model)
+    with torch.no_grad():
+        for b, name in enumerate(names):
+            W = model.get_submodule(name).weight
+            order = importance_order(W, stats[name][0], kept)
+            energy = stats[name][0].diagonal() * W.double().pow(2).sum(0)
+            assert set(order[kept].tolist()) == set(torch.argsort(energy, descending=True)[:96].tolist())
+            permute_hidden(model, b, order)
+            dropped = order[~kept]
+            reference.get_submodule(name).weight[:, dropped] = 0  # the dense model without them
+    compress(model, scheme="96x64", init="prune")
+    with torch.no_grad():
+        torch.testing.assert_close(model(tokens).logits, reference(tokens).logits, atol=1e-5, rtol=1e-5)
