@@ -17,6 +17,10 @@ input covariance C = X Xᵀ enters:
   squares from Van Loan's factors: with B fixed the objective is quadratic in A and its
   minimiser solves an n1 x n1 system (and the same for B with A fixed), both written with C
   alone. Each half-step can only lower the objective.
+- `whitened_monarch` fits each of Monarch's m x m blocks W[j, i] (rank b) by `whitened_lowrank`
+  with the covariance of its own input slice, C[i, i]: the exact minimiser when the m input
+  slices are uncorrelated, and the block-diagonal approximation of C otherwise (the cross
+  terms couple the blocks of a block row, which no block-wise closed form can follow).
 - `permute_hidden` reorders a block's FFN hidden units (the rows of its expand matrices and the
   columns of its contract matrices, from the family table): the model computes the same
   function. `importance_order` places the units with the most output energy (diag(C) times the
@@ -65,7 +69,7 @@ def input_covariances(model: nn.Module, tokens: torch.Tensor, names: Sequence[st
 
 def output_error(W: torch.Tensor, W_hat: torch.Tensor, C: torch.Tensor) -> float:
     """||(W - Ŵ) X||_F² from the input covariance C = X Xᵀ: tr(D C Dᵀ) with D = W - Ŵ."""
-    D = (W - W_hat).double()
+    D = (W - W_hat).detach().double()
     return float(torch.einsum("oi,ij,oj->", D, C.double(), D))
 
 
@@ -134,6 +138,26 @@ def weighted_kron(W: torch.Tensor, C: torch.Tensor, a_dims: tuple[int, int], ite
     return A.to(W.dtype), B.to(W.dtype), history
 
 
+def whitened_monarch(W: torch.Tensor, C: torch.Tensor, nblocks: int, block_rank: int,
+                     damping: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+    """(left (m_j, m_i, out/m, b), right (m_j, m_i, b, in/m)): block W[j, i] ≈ left[j, i] @ right[j, i],
+    each by `whitened_lowrank` with C[i, i] (the layout `MonarchLinear` assembles its L and R from)."""
+    m, b = nblocks, block_rank
+    out, inp = W.shape
+    if out % m or inp % m:
+        raise ValueError(f"nblocks={m} must divide both dims of the {tuple(W.shape)} matrix")
+    s, p = out // m, inp // m
+    k = min(b, s, p)
+    left = torch.zeros(m, m, s, b, dtype=W.dtype, device=W.device)
+    right = torch.zeros(m, m, b, p, dtype=W.dtype, device=W.device)
+    for i in range(m):
+        Ci = C[i * p:(i + 1) * p, i * p:(i + 1) * p]
+        for j in range(m):
+            U, V = whitened_lowrank(W[j * s:(j + 1) * s, i * p:(i + 1) * p], Ci, k, damping)
+            left[j, i, :, :k], right[j, i, :k] = U, V
+    return left, right
+
+
 @torch.no_grad()
 def permute_hidden(model: nn.Module, block: int, order: torch.Tensor) -> None:
     """Make hidden unit j of block `block`'s FFN the unit `order[j]` was, in place (dense
@@ -163,4 +187,4 @@ def importance_order(W_contract: torch.Tensor, C: torch.Tensor, kept: torch.Tens
 
 
 __all__ = ["damped_cholesky", "importance_order", "input_covariances", "output_error", "permute_hidden",
-           "weighted_kron", "whitened_lowrank"]
+           "weighted_kron", "whitened_lowrank", "whitened_monarch"]
