@@ -112,7 +112,9 @@ def test_causal_lm_bench_compares_each_structure_with_dense_in_each_dtype(tmp_pa
     out = tmp_path / "lm.json"
     assert main(["causal-lm", "--model", str(folder), "--fractions", "0.5", "--seq-len", "16", "--rounds", "1",
                  "--dtypes", "fp32", "bf16", "--out", str(out)]) == 0
-    rows = json.loads(out.read_text())["rows"]
+    record = json.loads(out.read_text())
+    assert record["args"]["model"] == "tiny-llama" and record["args"]["out"] == "lm.json"  # no path of this machine
+    rows = record["rows"]
     assert [(r["model"], r["dtype"]) for r in rows] == [
         (m, d) for d in ("float32", "bfloat16") for m in ("dense", "kronecker-ffn50", "lowrank-ffn50", "monarch-ffn50")]
     for r in rows:

@@ -19,7 +19,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -40,6 +40,14 @@ COLUMNS = {
                  ("per_matrix_ms", "{:.0f}"), ("full_svd_s", "{:.2f}"), ("speedup", "{:.1f}x")],
     "data": [("source", "{}"), ("workers", "{}"), ("tokens_per_sec", "{:,.0f}"), ("tokens_per_sec_per_worker", "{:,.0f}")],
 }
+
+
+def portable(value: Any) -> Any:
+    """An argument as a results file records it: an absolute path by its file name alone (results
+    are committed and shared; this machine's folders mean nothing elsewhere)."""
+    if isinstance(value, list):
+        return [portable(v) for v in value]
+    return Path(value).name if isinstance(value, str) and Path(value).is_absolute() else value
 
 
 def markdown(rows: list[dict], columns: list[tuple[str, str]]) -> str:
@@ -147,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(markdown(rows, COLUMNS[args.command]))
-    record = {"command": args.command, "args": vars(args), "machine": machine(args.device),
+    record = {"command": args.command, "args": {k: portable(v) for k, v in vars(args).items()}, "machine": machine(args.device),
               "date": time.strftime("%Y-%m-%d"), "rows": rows}
     out = Path(args.out or f"bench-{args.command}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
