@@ -18,10 +18,9 @@ import torch
 from torch import nn
 
 from krony.export import LAYERS_KEY, PREFIX, layers_from_spec, restored_state_dict
+from krony.targets import GPT2_TYPES
 
 GGUF = ".gguf"
-GPT2_TYPES = ("gpt2", "krony_gpt2")
-"""config.json model types krony runs as its own `GPT` (krony's GPT-2 exports included)."""
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
 """A bare weights file: a GPT-2 state dict (`krony.GPT.from_pretrained`)."""
 
@@ -88,34 +87,37 @@ def _forget_quantizer(model: nn.Module) -> nn.Module:
     return model
 
 
+def _pretrained(auto: Any, spec: str | os.PathLike, **kwargs: Any) -> Any:
+    """`auto.from_pretrained` (AutoConfig, AutoTokenizer, AutoModelForCausalLM) of a hub id, a
+    directory or a `.gguf` file (read from its folder by name)."""
+    gguf = split_gguf(spec)
+    if gguf is not None:
+        _check_file(gguf)
+        return auto.from_pretrained(gguf[0], gguf_file=gguf[1], **kwargs)
+    _check_local(spec)
+    return auto.from_pretrained(str(spec), **kwargs)
+
+
+def _export_config(spec: str | os.PathLike) -> dict[str, Any] | None:
+    """The config.json of a krony export of a transformers family (it lists `krony_layers`), else None."""
+    d = _read_local_config(spec)
+    return d if d is not None and d.get(LAYERS_KEY) else None
+
+
 def load_config(spec: str | os.PathLike) -> Any:
     """The transformers config of a hub id, directory or `.gguf` file, without the weights."""
     from transformers import AutoConfig
 
-    gguf = split_gguf(spec)
-    if gguf is not None:
-        _check_file(gguf)
-        return AutoConfig.from_pretrained(gguf[0], gguf_file=gguf[1])
-    d = _read_local_config(spec)
-    if d is not None and d.get(LAYERS_KEY):
-        return _base_config(d)
-    _check_local(spec)
-    return AutoConfig.from_pretrained(str(spec))
+    d = _export_config(spec)
+    return _base_config(d) if d is not None else _pretrained(AutoConfig, spec)
 
 
 def load_tokenizer(spec: str | os.PathLike) -> Any:
     """The tokenizer of a hub id, directory or `.gguf` file."""
     from transformers import AutoTokenizer
 
-    gguf = split_gguf(spec)
-    if gguf is not None:
-        _check_file(gguf)
-        return AutoTokenizer.from_pretrained(gguf[0], gguf_file=gguf[1])
-    d = _read_local_config(spec)
-    if d is not None and d.get(LAYERS_KEY):  # a krony export: its family's config, not the remote code's
-        return AutoTokenizer.from_pretrained(str(spec), config=_base_config(d))
-    _check_local(spec)
-    return AutoTokenizer.from_pretrained(str(spec))
+    d = _export_config(spec)  # a krony export: its family's config, not the remote code's
+    return _pretrained(AutoTokenizer, spec, **({} if d is None else {"config": _base_config(d)}))
 
 
 def load_causal_lm(spec: str | os.PathLike, dtype: torch.dtype = torch.float32) -> nn.Module:
@@ -123,20 +125,15 @@ def load_causal_lm(spec: str | os.PathLike, dtype: torch.dtype = torch.float32) 
     export comes back with krony's factored layers."""
     from transformers import AutoModelForCausalLM
 
-    gguf = split_gguf(spec)
-    if gguf is not None:
-        _check_file(gguf)
-        model = AutoModelForCausalLM.from_pretrained(gguf[0], gguf_file=gguf[1], dtype=dtype)
-        return _forget_quantizer(model).eval()
-    d = _read_local_config(spec)
-    if d is not None and d.get(LAYERS_KEY):
+    d = _export_config(spec)
+    if d is not None:
         return load_export(Path(spec), d, dtype)
-    _check_local(spec)
     try:
-        return AutoModelForCausalLM.from_pretrained(str(spec), dtype=dtype).eval()
+        model = _pretrained(AutoModelForCausalLM, spec, dtype=dtype)
     except OSError as e:  # transformers' word for a repository it cannot find or reach
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(f"could not load the model {spec!r}: {reason}") from e
+    return (model if split_gguf(spec) is None else _forget_quantizer(model)).eval()
 
 
 def _check_local(spec: str | os.PathLike) -> None:

@@ -34,6 +34,7 @@ from krony.config import GPTConfig
 from krony.export import LAYERS_KEY, compressed_config, layers_from_spec, stored_state_dict, write_folder
 from krony.fileio import InvalidFile, describe_load_error, torch_load
 from krony.hub import WEIGHT_FILES, looks_like_path, model_files
+from krony.targets import GPT2_TYPES
 
 TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 """HF Conv1D weights, stored (in, out): transposed to and from our (out, in)."""
@@ -158,7 +159,7 @@ def saved_layers(cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def config_from_hf(d: dict[str, Any], **overrides: Any) -> GPTConfig:
     """GPTConfig from an HF GPT-2 config.json dict. Dropout is a training choice: it is not
     read from the file (default 0.0) and is set through `overrides`."""
-    if d.get("model_type") not in ("gpt2", "krony_gpt2"):
+    if d.get("model_type") not in GPT2_TYPES:
         raise ValueError(f"config.json has model_type {d.get('model_type')!r}; only GPT-2 checkpoints are supported")
     act = {"gelu_pytorch_tanh": "gelu_new"}.get(d.get("activation_function", "gelu_new"), d.get("activation_function"))
     if act not in ("gelu_new", "gelu"):

@@ -13,10 +13,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from krony.model import GPT
+
 
 def _is_gpt(model: nn.Module) -> bool:
-    from krony.model import GPT
-
     return isinstance(model, GPT)
 
 

@@ -26,7 +26,6 @@ from krony.fileio import write_text
 from krony.causal_lm import load_model
 from krony.export import save_pretrained
 from krony.hub import MODEL_REPOS, looks_like_path
-from krony.layers import STRUCTURES
 from krony.targets import family_words
 from krony.tokenizer import tokenizer_for
 
@@ -162,7 +161,7 @@ def card_text(source: Source, model, repo: str) -> str:
     origin = provenance(source)
     counts = {c: count_params(model, c) for c in CONVENTIONS}
     family = family_words(model)
-    structure = next((n for n, cls in STRUCTURES.items() if isinstance(first, cls)), "dense")
+    structure = getattr(first, "structure", "dense")  # every factored layer class names its structure
     tags = ["krony", structure, family.lower().replace("-", ""), "compression", "custom_code"] + (
         ["random-weights"] if origin.random_teacher else [])
     data = ModelCardData(

@@ -26,6 +26,8 @@ EXPORT_PREFIX = "krony_"
 """A krony export's `model_type` is its family's with this prefix (`krony_llama`)."""
 KRONY_GPT = "krony_gpt"
 """The family name of krony's own `GPT` (its `model_type`)."""
+GPT2_TYPES = ("gpt2", "krony_gpt2")
+"""config.json model types krony runs as its own `GPT` (krony's GPT-2 exports included)."""
 ROLES = ("expand", "contract", "square")
 """What a matrix does to the width: d -> wider (expand), wider -> d (contract), d -> d (square)."""
 
@@ -228,5 +230,5 @@ def embedding_params(model: Any) -> tuple[list[Any], list[Any]]:
     return inputs, [] if head is None else [head.weight]
 
 
-__all__ = ["EXPORT_PREFIX", "FAMILIES", "KRONY_GPT", "ROLES", "Family", "Target", "dense_weight", "embedding_params", "family_name", "family_words", "find_targets",
+__all__ = ["EXPORT_PREFIX", "FAMILIES", "GPT2_TYPES", "KRONY_GPT", "ROLES", "Family", "Target", "dense_weight", "embedding_params", "family_name", "family_words", "find_targets",
            "get_family", "n_blocks", "weight_shape"]

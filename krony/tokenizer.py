@@ -46,7 +46,7 @@ class TextTokenizer:
     @property
     def vocab_size(self) -> int:
         """Token ids are below this."""
-        return 50257 if self.source is None else len(_hf_tokenizer(self.source)[0])
+        return EOT + 1 if self.source is None else len(_hf_tokenizer(self.source)[0])  # GPT-2: EOT is its last id
 
     @property
     def eos(self) -> int:

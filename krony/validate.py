@@ -34,6 +34,7 @@ from krony.config import (
     from_config,
 )
 from krony.hub import WEIGHT_FILES, looks_like_path
+from krony.targets import GPT2_TYPES
 
 log = logging.getLogger("krony.validate")
 
@@ -142,7 +143,7 @@ def _check_model(model: ModelConfig, context: Any) -> None:
     if context < 1 or (dims and context > dims["block_size"]):
         limit = f"1 to {dims['block_size']}, the teacher's context" if dims else ">= 1"
         raise ConfigError("context", context, f"sequence length must be {limit}")
-    gpt2 = dims is None or dims.get("model_type", "gpt2") in ("gpt2", "krony_gpt2")
+    gpt2 = dims is None or dims.get("model_type", "gpt2") in GPT2_TYPES
     if not gpt2 and model.kind == "distil":
         raise ConfigError("model", "distilgpt2", f"copies blocks of a GPT-2 teacher; {model.teacher} is a "
                           f"{dims['model_type']} model: compress it with model=krony")

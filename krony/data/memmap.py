@@ -99,7 +99,7 @@ class MemmapBlocks(Dataset):
             raise ValueError(f"no {path}: run `python -m krony.data prepare --out {directory}` first")
         meta = read_meta(directory)
         tokenizer = tokenizer or TextTokenizer()
-        prepared = meta.get("vocab_size", 50257)
+        prepared = meta.get("vocab_size", TextTokenizer().vocab_size)  # directories prepared before meta recorded it: GPT-2's
         if prepared != tokenizer.vocab_size:
             raise ValueError(f"{directory} was prepared with the tokenizer of {meta.get('tokenizer', 'gpt2')} "
                              f"({prepared:,} tokens) but this run tokenises with {tokenizer.name} "

@@ -114,13 +114,11 @@ class LanguageModelModule(L.LightningModule):
             parts = {}
         else:
             want_hidden = self.distill_cfg.alpha_cos > 0
+            outputs = hidden_and_logits if want_hidden else (lambda model, idx: (None, logits(model, idx)))
             with torch.no_grad():
-                t_hidden, t_logits = hidden_and_logits(self.teacher, x)
-            s_hidden, s_logits = hidden_and_logits(self.student, x)
-            out = distillation_loss(
-                self.distill_cfg, s_logits, t_logits, y,
-                s_hidden if want_hidden else None, t_hidden if want_hidden else None,
-            )
+                t_hidden, t_logits = outputs(self.teacher, x)
+            s_hidden, s_logits = outputs(self.student, x)  # hidden states only when the cosine term uses them
+            out = distillation_loss(self.distill_cfg, s_logits, t_logits, y, s_hidden, t_hidden)
             loss = out.pop("loss")
             parts = {f"train/{k}": v for k, v in out.items()}
         self.tokens_seen += x.numel() * self.trainer.world_size
